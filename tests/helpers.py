@@ -1,0 +1,114 @@
+"""Tiny real ldm UNets, random adapters and a literal Eq. 9 reference, shared by the tests."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+from ldm.modules.attention import CrossAttention
+from ldm.modules.diffusionmodules.openaimodel import UNetModel
+from torch import nn
+
+from vmix_ext.adapter import Dimension, VMixAdapter
+from vmix_ext.families import family_for_context_dim
+from vmix_ext.layers import cross_attention_layers
+
+DIMENSIONS = (
+    Dimension("color", "vivid colour", "sks1"),
+    Dimension("lighting", "natural lighting", "sks2"),
+    Dimension("focus", "sharp focus", "sks3"),
+)
+
+
+def tiny_unet(context_dim: int = 768, depth: int = 1, seed: int = 0) -> UNetModel:
+    """A real ldm UNetModel small enough for CPU tests; same layer naming as SD's."""
+    torch.manual_seed(seed)
+    unet = UNetModel(
+        image_size=8,
+        in_channels=4,
+        model_channels=32,
+        out_channels=4,
+        num_res_blocks=1,
+        attention_resolutions=[1, 2],
+        channel_mult=[1, 2],
+        num_heads=2,
+        use_spatial_transformer=True,
+        transformer_depth=depth,
+        context_dim=context_dim,
+        legacy=False,
+        use_linear_in_transformer=True,
+    )
+    # ldm zero-initialises the output convolutions; give them weights so every layer affects the result.
+    with torch.no_grad():
+        for p in unet.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    return unet.eval()
+
+
+def random_adapter(unet: nn.Module, seed: int = 1, dims: tuple[Dimension, ...] = DIMENSIONS) -> VMixAdapter:
+    """An adapter with every weight random (Z included), so V_a is far from zero."""
+    context_dim = next(iter(cross_attention_layers(unet).values())).to_v.in_features
+    generator = torch.Generator().manual_seed(seed)
+    pos = torch.randn(len(dims), context_dim, generator=generator)
+    neg = torch.randn(len(dims), context_dim, generator=generator)
+    family = family_for_context_dim(context_dim) or "sd1"
+    adapter = VMixAdapter.untrained(unet, dims, pos, neg, family)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+    return adapter
+
+
+def literal_eq9_unet(
+    unet: nn.Module,
+    adapter: VMixAdapter,
+    strengths: dict[str, float] | None,
+    scale: float,
+    rows_to_mix: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> nn.Module:
+    """A copy of ``unet`` whose cross-attention computes the paper's Eq. 9 with two separate terms.
+
+    out = softmax(QK_cᵀ/√d)·V_c + λ·softmax(QK_cᵀ/√d)·V_a, V_a = W_Va·f_a tiled to the context length.
+    ``rows_to_mix(context)`` returns a 0/1 float per row (the rows that get the second term).
+    """
+    reference = copy.deepcopy(unet)
+    f_a = adapter.aesthetic_context(strengths).detach()
+    w_va = {path: proj.weight.detach() for path, proj in zip(adapter.layer_paths, adapter.value_projs, strict=True)}
+    for path, layer in cross_attention_layers(reference).items():
+        layer.forward = _literal_forward(layer, f_a, w_va[path], scale, rows_to_mix)
+    return reference
+
+
+def _literal_forward(layer: CrossAttention, f_a, w_va, scale, rows_to_mix):
+    def forward(x, context=None, mask=None):
+        h = layer.heads
+        q, k, v_c = layer.to_q(x), layer.to_k(context), layer.to_v(context)
+        tokens = context.shape[1]
+        f_a_tiled = torch.cat([f_a] * math.ceil(tokens / f_a.shape[0]))[:tokens]
+        v_a = (f_a_tiled @ w_va.T).unsqueeze(0).expand_as(v_c)
+
+        def heads(t):
+            b, n, _ = t.shape
+            return t.reshape(b, n, h, -1).permute(0, 2, 1, 3)
+
+        q, k, v_c, v_a = map(heads, (q, k, v_c, v_a))
+        attention = (q @ k.transpose(-1, -2) * layer.scale).softmax(-1)
+        content = attention @ v_c
+        aesthetic = attention @ v_a
+        weight = torch.ones(x.shape[0]) if rows_to_mix is None else rows_to_mix(context)
+        out = content + scale * weight.view(-1, 1, 1, 1) * aesthetic
+        b, _, n, _ = out.shape
+        return layer.to_out(out.permute(0, 2, 1, 3).reshape(b, n, -1))
+
+    return forward
+
+
+def unet_inputs(batch: int = 2, tokens: int = 77, context_dim: int = 768, seed: int = 3):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, 8, 8, generator=generator)
+    t = torch.tensor([500] * batch)
+    context = torch.randn(batch, tokens, context_dim, generator=generator)
+    return x, t, context
