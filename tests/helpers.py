@@ -23,7 +23,11 @@ DIMENSIONS = (
 
 
 def tiny_unet(context_dim: int = 768, depth: int = 1, seed: int = 0) -> UNetModel:
-    """A real ldm UNetModel small enough for CPU tests; same layer naming as SD's."""
+    """A real ldm UNetModel small enough for CPU tests; same layer naming as SD's.
+
+    With ``depth > 1`` the pip ldm (Stability's SD2 code) needs a list of context widths to build, and its forward
+    then wants a list of contexts, one per block; such UNets serve structure checks only.
+    """
     torch.manual_seed(seed)
     unet = UNetModel(
         image_size=8,
@@ -36,7 +40,7 @@ def tiny_unet(context_dim: int = 768, depth: int = 1, seed: int = 0) -> UNetMode
         num_heads=2,
         use_spatial_transformer=True,
         transformer_depth=depth,
-        context_dim=context_dim,
+        context_dim=context_dim if depth == 1 else [context_dim] * depth,
         legacy=False,
         use_linear_in_transformer=True,
     )

@@ -125,7 +125,7 @@ class VMixSettings:
         if adapter_hash:
             entries[INFOTEXT_HASH] = adapter_hash
         entries[INFOTEXT_KEYS["scale"]] = _format_number(self.scale)
-        entries[INFOTEXT_KEYS["dimensions"]] = "all" if self.dimensions is None else ", ".join(self.dimensions)
+        entries[INFOTEXT_KEYS["dimensions"]] = _dimensions_text(self.dimensions)
         entries[INFOTEXT_KEYS["cond_only"]] = self.cond_only
         entries[INFOTEXT_KEYS["start"]] = _format_number(self.start)
         entries[INFOTEXT_KEYS["end"]] = _format_number(self.end)
@@ -140,8 +140,9 @@ class VMixSettings:
         for name, key in INFOTEXT_KEYS.items():
             if key in params:
                 values[name] = params[key]
-        if str(values.get("dimensions", "")).strip() == "all":
-            values["dimensions"] = None
+        dims = str(values.get("dimensions", "")).strip()
+        if dims in ("all", "none"):
+            values["dimensions"] = None if dims == "all" else ()
         return cls(**values)
 
 
@@ -206,6 +207,13 @@ def _as_adapter_name(value: Any) -> str:
     if not isinstance(value, str):
         raise SettingsError(f"VMix 'adapter' must be an adapter name (a string), got {value!r}")
     return value.strip()
+
+
+def _dimensions_text(dimensions: tuple[str, ...] | None) -> str:
+    # Words rather than an empty value, so the entry survives every infotext writer and reader.
+    if dimensions is None:
+        return "all"
+    return ", ".join(dimensions) if dimensions else "none"
 
 
 def _format_number(value: float) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __version__ = "3.41.2-standin"
 
@@ -108,7 +109,7 @@ class Group(_Layout):
 class Accordion(_Layout):
     """Mirrors gradio.Accordion(label, open=...)."""
 
-    def __init__(self, label: str | None = None, open: bool = True, **kwargs: Any) -> None:  # noqa: A002
+    def __init__(self, label: str | None = None, open: bool = True, **kwargs: Any) -> None:
         super().__init__(label=label, open=open, **kwargs)
 
 
@@ -134,7 +135,7 @@ class Slider(Block):
 class Dropdown(Block):
     """Mirrors gradio.Dropdown(choices, value, type='value'|'index', multiselect=...)."""
 
-    def __init__(self, choices: list | None = None, value: Any = None, type: str = "value", **kwargs: Any) -> None:  # noqa: A002
+    def __init__(self, choices: list | None = None, value: Any = None, type: str = "value", **kwargs: Any) -> None:
         super().__init__(value, choices=list(choices or []), type=type, **kwargs)
 
 
@@ -188,17 +189,17 @@ class Request:
         self.username = username
 
 
-def Warning(message: str) -> None:  # noqa: N802, A001
+def Warning(message: str) -> None:
     """Mirrors gradio.Warning (a toast); the stand-in does nothing."""
 
 
-class components:  # noqa: N801
+class components:
     """Mirrors the gradio.components namespace for isinstance checks."""
 
     Component = Block
 
 
-class blocks:  # noqa: N801
+class blocks:
     """Mirrors the gradio.blocks namespace (modules/scripts.py annotates with gr.blocks.Block)."""
 
     Block = Block

@@ -5,8 +5,9 @@ from __future__ import annotations
 import inspect
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from modules import errors
 
@@ -26,8 +27,17 @@ callback_map: dict[str, list[ScriptCallback]] = defaultdict(list)
 class CFGDenoiserParams:
     """Mirrors script_callbacks.CFGDenoiserParams (1.10 signature, with text_cond/text_uncond/denoiser)."""
 
-    def __init__(self, x: Any, image_cond: Any, sigma: Any, sampling_step: int, total_sampling_steps: int,
-                 text_cond: Any, text_uncond: Any, denoiser: Any = None) -> None:
+    def __init__(
+        self,
+        x: Any,
+        image_cond: Any,
+        sigma: Any,
+        sampling_step: int,
+        total_sampling_steps: int,
+        text_cond: Any,
+        text_uncond: Any,
+        denoiser: Any = None,
+    ) -> None:
         self.x = x
         self.image_cond = image_cond
         self.sigma = sigma

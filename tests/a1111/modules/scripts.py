@@ -145,7 +145,7 @@ def load_script_file(path: str, basedir: str | None = None) -> Any:
     syspath = sys.path
     try:
         if basedir != paths.script_path:
-            sys.path = [basedir] + sys.path
+            sys.path = [basedir, *sys.path]
         module = load_module(path)
     finally:
         sys.path = syspath
@@ -236,12 +236,14 @@ class ScriptRunner:
         """Mirrors ScriptRunner.setup_ui: always-on UIs first, then the 'Script' dropdown at inputs[0], then
         selectable scripts. So p.script_args = (selected_index, *alwayson args, *selectable args)."""
         all_titles = [wrap_call(s.title, s.filename, "title") or s.filename for s in self.scripts]
-        self.title_map = {title.lower(): s for title, s in zip(all_titles, self.scripts)}
-        self.titles = [wrap_call(s.title, s.filename, "title") or f"{s.filename} [error]"
-                       for s in self.selectable_scripts]
+        self.title_map = {title.lower(): s for title, s in zip(all_titles, self.scripts, strict=True)}
+        self.titles = [
+            wrap_call(s.title, s.filename, "title") or f"{s.filename} [error]" for s in self.selectable_scripts
+        ]
         self.setup_ui_for_section(None)
-        dropdown = gr.Dropdown(label="Script", elem_id="script_list", choices=["None"] + self.titles, value="None",
-                               type="index")
+        dropdown = gr.Dropdown(
+            label="Script", elem_id="script_list", choices=["None", *self.titles], value="None", type="index"
+        )
         self.inputs[0] = dropdown
         self.setup_ui_for_section(None, self.selectable_scripts)
         self.infotext_fields.append((dropdown, lambda x: gr.update(value=x.get("Script", "None"))))
@@ -253,7 +255,7 @@ class ScriptRunner:
         if script_index == 0 or script_index is None:
             return None
         script = self.selectable_scripts[script_index - 1]
-        return script.run(p, *args[script.args_from:script.args_to])
+        return script.run(p, *args[script.args_from : script.args_to])
 
     def ordered_scripts(self, method_name: str) -> list[Script]:
         """Mirrors ScriptRunner.ordered_scripts: always-on scripts that override `method_name` (others skipped)."""
@@ -264,7 +266,7 @@ class ScriptRunner:
         """The shared body of the host's per-callback loops: slice args, call, report (never raise) errors."""
         for script in self.ordered_scripts(method_name):
             try:
-                script_args = p.script_args[script.args_from:script.args_to]
+                script_args = p.script_args[script.args_from : script.args_to]
                 getattr(script, method_name)(p, *pre, *script_args, **kwargs)
             except Exception:
                 errors.report(f"Error running {method_name}: {script.filename}", exc_info=True)
@@ -275,7 +277,7 @@ class ScriptRunner:
             if not is_ui and script.setup_for_ui_only:
                 continue
             try:
-                script.setup(p, *p.script_args[script.args_from:script.args_to])
+                script.setup(p, *p.script_args[script.args_from : script.args_to])
             except Exception:
                 errors.report(f"Error running setup: {script.filename}", exc_info=True)
 

@@ -40,8 +40,16 @@ class CFGDenoiser(torch.nn.Module):
         eps = self.sampler.sd_model.model.diffusion_model(x * c_in[:, None, None, None], t, context=context)
         return x - eps * sigma[:, None, None, None]
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, uncond: torch.Tensor, cond: torch.Tensor,
-                cond_scale: float, s_min_uncond: float, image_cond: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        uncond: torch.Tensor,
+        cond: torch.Tensor,
+        cond_scale: float,
+        s_min_uncond: float,
+        image_cond: torch.Tensor,
+    ) -> torch.Tensor:
         """Mirrors CFGDenoiser.forward: cond rows first, uncond rows last; cfg_denoiser callback; skip-uncond
         (opts.skip_early_cond / NGMS); one call if opts.batch_cond_uncond, else per-batch_size chunks."""
         state, opts = shared.state, shared.opts
@@ -54,8 +62,9 @@ class CFGDenoiser(torch.nn.Module):
         sigma_in = torch.cat([sigma, sigma])
         image_cond_in = torch.cat([image_cond, image_cond])
 
-        params = script_callbacks.CFGDenoiserParams(x_in, image_cond_in, sigma_in, state.sampling_step,
-                                                    state.sampling_steps, tensor, uncond, self)
+        params = script_callbacks.CFGDenoiserParams(
+            x_in, image_cond_in, sigma_in, state.sampling_step, state.sampling_steps, tensor, uncond, self
+        )
         script_callbacks.cfg_denoiser_callback(params)
         x_in, image_cond_in, sigma_in = params.x, params.image_cond, params.sigma
         tensor, uncond = params.text_cond, params.text_uncond
@@ -82,27 +91,28 @@ class CFGDenoiser(torch.nn.Module):
                 x_out = torch.zeros_like(x_in)
                 for a in range(0, x_out.shape[0], batch_size):
                     b = a + batch_size
-                    x_out[a:b] = self.inner_model(x_in[a:b], sigma_in[a:b], cond=make_cond(cond_in[a:b],
-                                                                                          image_cond_in[a:b]))
+                    x_out[a:b] = self.inner_model(
+                        x_in[a:b], sigma_in[a:b], cond=make_cond(cond_in[a:b], image_cond_in[a:b])
+                    )
         else:
             x_out = torch.zeros_like(x_in)
             chunk = batch_size * 2 if opts.batch_cond_uncond else batch_size
             for a in range(0, tensor.shape[0], chunk):
                 b = min(a + chunk, tensor.shape[0])
-                x_out[a:b] = self.inner_model(x_in[a:b], sigma_in[a:b], cond=make_cond(tensor[a:b],
-                                                                                      image_cond_in[a:b]))
+                x_out[a:b] = self.inner_model(x_in[a:b], sigma_in[a:b], cond=make_cond(tensor[a:b], image_cond_in[a:b]))
             if not skip_uncond:
                 n = uncond.shape[0]
                 x_out[-n:] = self.inner_model(x_in[-n:], sigma_in[-n:], cond=make_cond(uncond, image_cond_in[-n:]))
 
         if skip_uncond:
-            x_out = torch.cat([x_out, torch.cat([x_out[i:i + 1] for i in range(batch_size)])])
+            x_out = torch.cat([x_out, torch.cat([x_out[i : i + 1] for i in range(batch_size)])])
 
-        script_callbacks.cfg_denoised_callback(script_callbacks.CFGDenoisedParams(
-            x_out, state.sampling_step, state.sampling_steps, self.inner_model))
+        script_callbacks.cfg_denoised_callback(
+            script_callbacks.CFGDenoisedParams(x_out, state.sampling_step, state.sampling_steps, self.inner_model)
+        )
 
         scale = 1.0 if skip_uncond else cond_scale
-        denoised_uncond = x_out[-uncond.shape[0]:] if not skip_uncond else x_out[-batch_size:]
+        denoised_uncond = x_out[-uncond.shape[0] :] if not skip_uncond else x_out[-batch_size:]
         denoised = torch.clone(denoised_uncond)
         for i, conds in enumerate(conds_list):
             for cond_index, weight in conds:
@@ -154,18 +164,32 @@ class StandinSampler:
         return torch.cat([sig, sig.new_zeros([1])])
 
     def _extra(self, p: Any, c: Any, uc: Any, image_conditioning: Any) -> dict:
-        return {"cond": c, "uncond": uc, "cond_scale": p.cfg_scale, "s_min_uncond": p.s_min_uncond or 0.0,
-                "image_cond": image_conditioning}
+        return {
+            "cond": c,
+            "uncond": uc,
+            "cond_scale": p.cfg_scale,
+            "s_min_uncond": p.s_min_uncond or 0.0,
+            "image_cond": image_conditioning,
+        }
 
-    def sample(self, p: Any, x: torch.Tensor, c: Any, uc: Any, steps: int | None = None,
-               image_conditioning: Any = None) -> torch.Tensor:
+    def sample(
+        self, p: Any, x: torch.Tensor, c: Any, uc: Any, steps: int | None = None, image_conditioning: Any = None
+    ) -> torch.Tensor:
         """Mirrors KDiffusionSampler.sample: x is unit noise scaled by sigma_max."""
         steps = steps or p.steps
         sigmas = self.get_sigmas(steps)
         return self.launch_sampling(steps, x * sigmas[0], sigmas, self._extra(p, c, uc, image_conditioning), p)
 
-    def sample_img2img(self, p: Any, x: torch.Tensor, noise: torch.Tensor, c: Any, uc: Any, steps: int | None = None,
-                       image_conditioning: Any = None) -> torch.Tensor:
+    def sample_img2img(
+        self,
+        p: Any,
+        x: torch.Tensor,
+        noise: torch.Tensor,
+        c: Any,
+        uc: Any,
+        steps: int | None = None,
+        image_conditioning: Any = None,
+    ) -> torch.Tensor:
         """Mirrors KDiffusionSampler.sample_img2img + setup_img2img_steps: t_enc+1 steps from a truncated schedule."""
         if shared.opts.img2img_fix_steps or steps is not None:
             requested = steps or p.steps
@@ -175,6 +199,6 @@ class StandinSampler:
             steps = p.steps
             t_enc = int(min(p.denoising_strength, 0.999) * steps)
         sigmas = self.get_sigmas(steps)
-        sigma_sched = sigmas[steps - t_enc - 1:]
+        sigma_sched = sigmas[steps - t_enc - 1 :]
         xi = x + noise * sigma_sched[0]
         return self.launch_sampling(t_enc + 1, xi, sigma_sched, self._extra(p, c, uc, image_conditioning), p)

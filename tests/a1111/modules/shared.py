@@ -75,8 +75,9 @@ class Options:
 
 
 opts = Options()
-cmd_opts = argparse.Namespace(no_prompt_history=True, api=False, nowebui=False, embeddings_dir="", lowvram=False,
-                              medvram=False)
+cmd_opts = argparse.Namespace(
+    no_prompt_history=True, api=False, nowebui=False, embeddings_dir="", lowvram=False, medvram=False
+)
 state = shared_state.State()
 models_path: str = paths.models_path
 sd_model: Any = None
