@@ -162,7 +162,7 @@ def test_per_row_values_match_one_mixer_per_row(model):
 
 
 def test_gradients_reach_the_adapter_when_values_require_grad(model):
-    unet, adapter, width = model
+    unet, _, width = model
     trainable = random_adapter(unet, seed=4).train()
     x, t, context = unet_inputs(context_dim=width)
     with ValueMixer(trainable.aesthetic_values(torch.tensor([[1.0, 0.0, 1.0]] * 2))) as mixer:

@@ -32,7 +32,7 @@ def test_unknown_name_lists_what_exists(tmp_path, unet):
     save_adapter(random_adapter(unet), tmp_path / "film.safetensors")
     with pytest.raises(LookupError, match=r"no VMix adapter named 'nope' in .* \(found: film\)"):
         AdapterLibrary(tmp_path).load("nope")
-    with pytest.raises(LookupError, match="the folder holds no .safetensors adapters"):
+    with pytest.raises(LookupError, match=r"the folder holds no \.safetensors adapters"):
         AdapterLibrary(tmp_path / "empty").load("film")
     with pytest.raises(LookupError, match="no VMix adapter is selected"):
         AdapterLibrary(tmp_path).load("")

@@ -10,7 +10,14 @@ from vmix_ext.settings import INFOTEXT_KEYS, SettingsError, VMixSettings, elem_i
 def test_defaults_are_off_and_neutral():
     s = VMixSettings()
     assert (s.enabled, s.adapter, s.scale, s.dimensions, s.cond_only, s.start, s.end) == (
-        False, "", 1.0, None, False, 0.0, 1.0)
+        False,
+        "",
+        1.0,
+        None,
+        False,
+        0.0,
+        1.0,
+    )
     assert s.to_infotext() == {}
 
 
@@ -62,15 +69,22 @@ def test_strengths_for_an_adapter():
     chosen = VMixSettings(dimensions=["lighting:0.25", "color"])
     assert chosen.strengths(names) == {"color": 1.0, "lighting": 0.25, "focus": 0.0}
     assert VMixSettings(dimensions=[]).strengths(names) == {"color": 0.0, "lighting": 0.0, "focus": 0.0}
-    with pytest.raises(SettingsError, match="dimension.s. mood not in this adapter; it has: color, lighting, focus"):
+    with pytest.raises(SettingsError, match=r"dimension.s. mood not in this adapter; it has: color, lighting, focus"):
         VMixSettings(dimensions=["mood"]).strengths(names)
 
 
 @pytest.mark.parametrize(
     "settings",
     [
-        VMixSettings(enabled=True, adapter="styles/film", scale=0.35, dimensions=("color", "focus:0.5"),
-                     cond_only=True, start=0.1, end=0.9),
+        VMixSettings(
+            enabled=True,
+            adapter="styles/film",
+            scale=0.35,
+            dimensions=("color", "focus:0.5"),
+            cond_only=True,
+            start=0.1,
+            end=0.9,
+        ),
         VMixSettings(enabled=True, adapter="film"),
         VMixSettings(enabled=True, adapter="film", dimensions=()),
     ],

@@ -53,8 +53,9 @@ def test_round_trip_is_bit_exact(tmp_path, unet, dtype):
     for key in original:
         assert back[key].dtype == dtype and torch.equal(back[key], original[key]), key
     header = read_header(path)
-    assert header.dtype == dtype and header.layers == {p: m.out_features for p, m in zip(
-        adapter.layer_paths, adapter.value_projs, strict=True)}
+    assert header.dtype == dtype and header.layers == {
+        p: m.out_features for p, m in zip(adapter.layer_paths, adapter.value_projs, strict=True)
+    }
 
 
 def test_loaded_adapter_gives_the_same_values(saved):
@@ -180,7 +181,7 @@ def test_newer_format_version(saved):
 
 def test_bad_dimensions_metadata(saved):
     _, path = saved
-    rewrite(path, edit_meta=lambda m: m.__setitem__("dimensions", "[{\"name\": 1}]"))
+    rewrite(path, edit_meta=lambda m: m.__setitem__("dimensions", '[{"name": 1}]'))
     expect_error(path, "dimensions")
 
 
@@ -225,5 +226,5 @@ def test_missing_and_extra_layers(saved, unet):
 
 def test_model_without_cross_attention(saved):
     adapter, path = saved
-    with pytest.raises(AdapterFileError, match="no cross-attention layers .*SD3, Flux and Chroma"):
+    with pytest.raises(AdapterFileError, match=r"no cross-attention layers .*SD3, Flux and Chroma"):
         check_adapter_fits(adapter, torch.nn.Linear(2, 2), path)
