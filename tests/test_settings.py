@@ -29,6 +29,18 @@ def test_positional_args_in_field_order_and_missing_trailing_args_keep_defaults(
 
 def test_single_dict_form():
     s = VMixSettings.from_args([{"enabled": True, "adapter": "film", "scale": 1.5, "cond_only": True}])
+    padded = VMixSettings.from_args(
+        [
+            {"enabled": True, "adapter": "film", "scale": 1.5, "cond_only": True},
+            "ui-default",
+            1.0,
+            ["x"],
+            False,
+            0.0,
+            1.0,
+        ]
+    )  # the host pads with UI defaults
+    assert padded == s
     assert s.enabled and s.adapter == "film" and s.scale == 1.5 and s.cond_only and s.dimensions is None
 
 

@@ -77,10 +77,12 @@ class VMixSettings:
 
     @classmethod
     def from_args(cls, args: Sequence[Any]) -> VMixSettings:
-        """From the script's positional args (UI order), or from one dict in place of them (the API's friendly form)."""
+        """From the script's positional args (UI order), or from one dict in place of them (the API's friendly form).
+
+        The host pads a short API list with the UI defaults, so after a dict in the first place the rest is padding;
+        keys missing from the dict take this class's defaults (every dimension on), not the UI's.
+        """
         if len(args) >= 1 and isinstance(args[0], Mapping):
-            if len(args) > 1:
-                raise SettingsError("VMix takes either positional args or a single dict, not both")
             return cls.from_dict(args[0])
         names = cls.field_names()
         if len(args) > len(names):

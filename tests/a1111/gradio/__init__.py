@@ -139,6 +139,13 @@ class Dropdown(Block):
         super().__init__(value, choices=list(choices or []), type=type, **kwargs)
 
 
+class CheckboxGroup(Block):
+    """Mirrors gradio.CheckboxGroup(choices, value=[...]): one checkbox per choice; the value is the checked list."""
+
+    def __init__(self, choices: list | None = None, value: list | None = None, **kwargs: Any) -> None:
+        super().__init__(list(value or []), choices=list(choices or []), **kwargs)
+
+
 class Radio(Dropdown):
     """Mirrors gradio.Radio(choices, value, type=...)."""
 

@@ -142,6 +142,22 @@ def on_ui_settings(callback: Callable, *, name: str | None = None) -> None:
     _add("ui_settings", callback, name)
 
 
+def on_after_component(callback: Callable, *, name: str | None = None) -> None:
+    """Mirrors on_after_component: callback(component, **kwargs) after every gradio component is created
+    (the host fires it from its patched component constructor in modules/scripts.py, with the constructor kwargs)."""
+    _add("after_component", callback, name)
+
+
+def after_component_callback(component: Any, **kwargs: Any) -> None:
+    """Mirrors after_component_callback."""
+    callbacks = list(callback_map["after_component"])
+    for c in callbacks:
+        try:
+            c.callback(component, **kwargs)
+        except Exception:
+            errors.report(f"Error executing callback after_component for {c.script}", exc_info=True)
+
+
 def app_started_callback(demo: Any, app: Any) -> None:
     """Mirrors app_started_callback."""
     _fire("app_started", demo, app)

@@ -1,0 +1,380 @@
+"""scripts/vmix.py driven through the A1111 1.10 stand-in: txt2img, hires fix, img2img, infotext, X/Y/Z, API,
+and the visible-failure path."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import literal_eq9_unet, random_adapter, tiny_unet
+
+A1111 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "a1111")
+if A1111 not in sys.path:
+    sys.path.insert(0, A1111)
+
+import gradio as gr  # noqa: E402  (the stand-in under tests/a1111)
+import standin  # noqa: E402
+from modules import errors, infotext_utils, processing, script_callbacks, scripts, shared  # noqa: E402
+from modules import img2img as img2img_mod  # noqa: E402
+from modules import txt2img as txt2img_mod  # noqa: E402
+from modules.api import api  # noqa: E402
+
+from vmix_ext.adapter import Dimension, VMixAdapter  # noqa: E402
+from vmix_ext.hooks import has_vmix_hooks  # noqa: E402
+from vmix_ext.weights import save_adapter  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WIDTH = 768
+# One UNet call matches Eq. 9 within 1e-5 (test_eq9.py); 4 sampling steps at CFG 5 amplify fp32 rounding.
+PIPELINE_TOL = {"atol": 5e-4, "rtol": 1e-4}
+FIELDS = ("enabled", "adapter", "scale", "dimensions", "cond_only", "start", "end")
+
+
+class Host:
+    """One fresh stand-in web UI with the VMix script loaded and two SD1-width checkpoints."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        standin.reset(models_path=str(tmp_path / "models"))
+        self.folder = tmp_path / "models" / "VMix"
+        self.folder.mkdir(parents=True)
+        self.main_unet = tiny_unet(WIDTH, seed=0)
+        self.other_unet = tiny_unet(WIDTH, seed=1)
+        self.film = random_adapter(self.main_unet, seed=11)
+        save_adapter(self.film, self.folder / "film.safetensors")
+        self.module = standin.load_script(str(ROOT / "scripts" / "vmix.py"), str(ROOT))
+        self.xyz = standin.load_xyz()
+        script_callbacks.before_ui_callback()
+        standin.register_model("main", self.main_unet, load=True)
+        standin.register_model("other", self.other_unet)
+        standin.build_runners()
+
+    def args(self, runner: scripts.ScriptRunner | None = None, **values) -> list:
+        runner = runner or scripts.scripts_txt2img
+        positions = {FIELDS.index(k): v for k, v in values.items()}
+        return standin.ui_args(runner, overrides={"vmix": positions})
+
+    def txt2img(self, **values):
+        p = make_p(**values.pop("p", {}))
+        return p, txt2img_mod.txt2img(p, *self.args(**values))
+
+    def load(self, title: str) -> None:
+        shared.opts.sd_model_checkpoint = title
+        shared.sd_model = standin.sd_models.checkpoints_stand_in[title]
+
+    def all_unets_clean(self) -> bool:
+        return not has_vmix_hooks(self.main_unet) and not has_vmix_hooks(self.other_unet)
+
+
+def make_p(cls=processing.StableDiffusionProcessingTxt2Img, tokens: int = 77, **kw):
+    p = cls(prompt="a cat", negative_prompt="blurry", seed=123, steps=4, width=64, height=64, cfg_scale=5.0, **kw)
+    g = torch.Generator().manual_seed(7)
+    p.standin_cond = torch.randn(1, tokens, WIDTH, generator=g)
+    p.standin_uncond = torch.randn(1, tokens, WIDTH, generator=g)
+    return p
+
+
+@pytest.fixture()
+def host(tmp_path):
+    yield Host(tmp_path)
+    standin.reset()
+
+
+def reference_latent(host: Host, strengths=None, scale: float = 1.0, **p_kw):
+    """The same generation with VMix off, on a copy of the UNet that computes Eq. 9 literally."""
+    reference = literal_eq9_unet(host.main_unet, host.film, strengths, scale)
+    standin.register_model("reference", reference)
+    host.load("reference")
+    try:
+        p = make_p(**p_kw)
+        return txt2img_mod.txt2img(p, *host.args(enabled=False)).images[0]
+    finally:
+        host.load("main")
+
+
+def test_ui_controls_and_defaults(host):
+    runner = scripts.scripts_txt2img
+    script = runner.script("VMix")
+    assert script.args_to - script.args_from == len(FIELDS)
+    assert gr.find_by_elem_id("txt2img_vmix_enabled").open is False
+    assert gr.find_by_elem_id("txt2img_vmix_enabled-checkbox").value is False
+    adapter = gr.find_by_elem_id("txt2img_vmix_adapter")
+    assert adapter.choices == ["", "film"] and adapter.value == "film"
+    slider = gr.find_by_elem_id("txt2img_vmix_scale")
+    assert (slider.minimum, slider.maximum, slider.step, slider.value) == (0.0, 2.0, 0.05, 1.0)
+    dims = gr.find_by_elem_id("txt2img_vmix_dimensions")
+    assert dims.choices == ["color", "lighting", "focus"] and dims.value == ["color", "lighting", "focus"]
+    assert "SD 1.x, 3 dimensions" in gr.find_by_elem_id("txt2img_vmix_status").value
+    assert gr.find_by_elem_id("img2img_vmix_scale") is not None
+    defaults = api.init_default_script_args(runner)
+    assert defaults[script.args_from : script.args_to] == [
+        False,
+        "film",
+        1.0,
+        ["color", "lighting", "focus"],
+        False,
+        0.0,
+        1.0,
+    ]
+
+
+def test_dimension_list_follows_the_chosen_adapter(host):
+    other = random_adapter(host.main_unet, seed=3)
+    first, *rest = other.dimensions
+    other.dimensions = (first, *(Dimension(f"{d.name}2", d.positive, d.negative) for d in rest))
+    save_adapter(other, host.folder / "second.safetensors")
+    adapter = gr.find_by_elem_id("txt2img_vmix_adapter")
+    _, fn, _, _outputs = next(listener for listener in adapter.listeners if listener[0] == "input")
+    dims_update, status = fn("second")
+    assert dims_update["choices"] == ["color", "lighting2", "focus2"] and dims_update["value"] == dims_update["choices"]
+    assert "3 dimensions" in status
+    refresh = gr.find_by_elem_id("txt2img_vmix_refresh")
+    adapter_update, _, _ = refresh.listeners[0][1]("film")
+    assert adapter_update["choices"] == ["", "film", "second"]
+
+
+def test_txt2img_matches_literal_eq9_and_leaves_nothing(host):
+    _, baseline = host.txt2img(enabled=False)
+    _p, mixed = host.txt2img(enabled=True, scale=0.5, dimensions=["color", "focus"])
+    expected = reference_latent(host, {"color": 1.0, "lighting": 0.0, "focus": 1.0}, scale=0.5)
+    torch.testing.assert_close(mixed.images[0], expected, **PIPELINE_TOL)
+    assert (mixed.images[0] - baseline.images[0]).abs().max() > 1e-3
+    assert host.all_unets_clean()
+    assert host.module._current_run is None
+    _, after = host.txt2img(enabled=False)
+    assert torch.equal(after.images[0], baseline.images[0])
+    assert not errors.reported
+
+
+def test_untrained_adapter_and_zero_scale_change_nothing(host):
+    _, baseline = host.txt2img(enabled=False)
+    fresh = VMixAdapter.untrained(
+        host.main_unet, host.film.dimensions, torch.randn(3, WIDTH), torch.randn(3, WIDTH), "sd1"
+    )
+    save_adapter(fresh, host.folder / "fresh.safetensors")
+    _, untrained = host.txt2img(enabled=True, adapter="fresh", scale=2.0)
+    _, zero = host.txt2img(enabled=True, scale=0.0)
+    assert torch.equal(untrained.images[0], baseline.images[0])
+    assert torch.equal(zero.images[0], baseline.images[0])
+
+
+def test_long_prompt_is_tiled(host):
+    _, mixed = host.txt2img(enabled=True, p={"tokens": 154})
+    expected = reference_latent(host, tokens=154)
+    torch.testing.assert_close(mixed.images[0], expected, **PIPELINE_TOL)
+
+
+@pytest.mark.parametrize("batch_cond_uncond", [True, False])
+def test_cond_only_and_step_window_change_the_result(host, batch_cond_uncond):
+    shared.opts.batch_cond_uncond = batch_cond_uncond
+    _, full = host.txt2img(enabled=True)
+    _, cond_only = host.txt2img(enabled=True, cond_only=True)
+    _, late = host.txt2img(enabled=True, start=0.5)
+    _, off = host.txt2img(enabled=False)
+    for result in (cond_only, late):
+        assert (result.images[0] - full.images[0]).abs().max() > 1e-4
+        assert (result.images[0] - off.images[0]).abs().max() > 1e-4
+    assert host.all_unets_clean()
+
+
+def test_hires_fix_mixes_both_passes(host):
+    hires = {"enable_hr": True, "hr_scale": 2.0, "hr_second_pass_steps": 2, "denoising_strength": 0.5}
+    _, off = host.txt2img(enabled=False, p=hires)
+    _, on = host.txt2img(enabled=True, p=hires)
+    expected = reference_latent(host, **hires)
+    torch.testing.assert_close(on.images[0], expected, **PIPELINE_TOL)
+    assert (on.images[0] - off.images[0]).abs().max() > 1e-3
+    assert host.all_unets_clean()
+
+
+def test_hires_fix_with_another_checkpoint_follows_it(host):
+    seen = []
+    original = host.module.VMixRun.ensure_on
+
+    def spy(run, unet):
+        seen.append(unet)
+        return original(run, unet)
+
+    host.module.VMixRun.ensure_on = spy
+    try:
+        hires = {"enable_hr": True, "hr_scale": 2.0, "hr_checkpoint_name": "other", "denoising_strength": 0.5}
+        _p, processed = host.txt2img(enabled=True, p=hires)
+    finally:
+        host.module.VMixRun.ensure_on = original
+    assert any(u is host.main_unet for u in seen) and seen[-1] is host.other_unet
+    assert "VMix error" not in processed.info and "VMix adapter: film" in processed.info
+    assert host.all_unets_clean()
+
+
+def test_hires_checkpoint_of_another_family_is_reported(host):
+    standin.register_model("xl", tiny_unet(2048, seed=2))
+    hires = {"enable_hr": True, "hr_scale": 2.0, "hr_checkpoint_name": "xl", "denoising_strength": 0.5}
+    p = make_p(**hires)
+    p.standin_hr_cond, p.standin_hr_uncond = torch.randn(1, 77, 2048), torch.randn(1, 77, 2048)  # SDXL-width conds
+    processed = txt2img_mod.txt2img(p, *host.args(enabled=True))
+    assert "VMix error" in processed.info and "loaded model is SDXL" in processed.info
+    assert len(processed.images) == 1
+    assert host.all_unets_clean() and not has_vmix_hooks(shared.sd_model.model.diffusion_model)
+
+
+def test_img2img(host):
+    def run(enabled: bool):
+        p = make_p(processing.StableDiffusionProcessingImg2Img, denoising_strength=0.6)
+        p.standin_init_latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+        return img2img_mod.img2img(p, *host.args(scripts.scripts_img2img, enabled=enabled)).images[0]
+
+    off, on = run(False), run(True)
+    assert (on - off).abs().max() > 1e-3
+    assert torch.equal(run(False), off)
+    assert host.all_unets_clean()
+
+
+def test_failed_generation_leaves_nothing(host):
+    _, baseline = host.txt2img(enabled=False)
+    p = make_p()
+    p._standin_fail_in_sampling = True
+    with pytest.raises(RuntimeError):
+        txt2img_mod.txt2img(p, *host.args(enabled=True))
+    assert host.all_unets_clean(), "closing(p) must detach even when sampling raised"
+    assert host.module._current_run is None
+    _, after = host.txt2img(enabled=False)
+    assert torch.equal(after.images[0], baseline.images[0])
+
+
+def test_interrupted_generation_leaves_nothing(host):
+    p = make_p()
+    original = processing.StandinSampler.launch_sampling
+
+    def interrupt(self, *args, **kwargs):
+        shared.state.interrupt()
+        return original(self, *args, **kwargs)
+
+    processing.StandinSampler.launch_sampling = interrupt
+    try:
+        txt2img_mod.txt2img(p, *host.args(enabled=True))
+    finally:
+        processing.StandinSampler.launch_sampling = original
+        shared.state.interrupted = False
+    assert host.all_unets_clean()
+
+
+def test_infotext_is_written_and_pasted_back(host):
+    _, processed = host.txt2img(enabled=True, scale=0.35, dimensions=["focus", "color"], cond_only=True, end=0.8)
+    info = processed.info
+    assert "VMix adapter: film" in info and "VMix hash: " in info and "VMix scale: 0.35" in info
+    params = infotext_utils.parse_generation_parameters(info)
+    assert params["VMix dims"] == "focus, color"
+    script = scripts.scripts_txt2img.script("VMix")
+    values = infotext_utils.apply_paste(info, script.infotext_fields)
+    assert values[0] is True and values[1] == "film" and values[2] == 0.35
+    assert values[3] == ["focus", "color"] and values[4] is True and values[6] == 0.8
+    assert gr.find_by_elem_id("txt2img_vmix_dimensions").value == ["focus", "color"]
+    # Text from a generation without VMix switches VMix off and leaves the rest as it was.
+    off = infotext_utils.apply_paste("a dog\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1", script.infotext_fields)
+    assert off[0] is False and off[1] == "film"
+
+
+def test_xyz_axes(host):
+    options = {o.label: o for o in host.xyz.axis_options if o.label.startswith("[VMix]")}
+    assert set(options) == {
+        "[VMix] Scale (λ)",
+        "[VMix] Enabled",
+        "[VMix] Adapter",
+        "[VMix] Dimensions (a+b, all, none)",
+    }
+    script_callbacks.before_ui_callback()  # "Reload UI" must not add the axes twice
+    assert sum(o.label.startswith("[VMix]") for o in host.xyz.axis_options) == 4
+    p = make_p()
+    p.scripts = scripts.scripts_txt2img
+    p.script_args = host.args(enabled=True)
+    cells = host.xyz.run_cells(p, options["[VMix] Scale (λ)"], [0.0, 1.0])
+    _, off = host.txt2img(enabled=False)
+    _, on = host.txt2img(enabled=True)
+    assert torch.equal(cells[0].images[0], off.images[0])
+    torch.testing.assert_close(cells[1].images[0], on.images[0], atol=0, rtol=0)
+    dims_cells = host.xyz.run_cells(p, options["[VMix] Dimensions (a+b, all, none)"], ["color+focus", "none", "all"])
+    _, color_focus = host.txt2img(enabled=True, dimensions=["color", "focus"])
+    assert torch.equal(dims_cells[0].images[0], color_focus.images[0])
+    assert torch.equal(dims_cells[2].images[0], on.images[0])
+    assert "VMix dims: none" in dims_cells[1].info
+    enabled_cells = host.xyz.run_cells(p, options["[VMix] Enabled"], ["False", "True"])
+    assert torch.equal(enabled_cells[0].images[0], off.images[0])
+    assert options["[VMix] Adapter"].choices() == ["film"]
+    assert host.all_unets_clean()
+
+
+def test_a_failed_cell_does_not_mark_the_next_one(host):
+    options = {o.label: o for o in host.xyz.axis_options}
+    p = make_p()
+    p.scripts = scripts.scripts_txt2img
+    p.script_args = host.args(enabled=True)
+    cells = host.xyz.run_cells(p, options["[VMix] Adapter"], ["missing", "film"])
+    assert "VMix error" in cells[0].info and "no VMix adapter named 'missing'" in cells[0].info
+    assert "VMix error" not in cells[1].info and "VMix adapter: film" in cells[1].info
+
+
+def test_api_positional_and_dict_forms(host):
+    runner = scripts.scripts_txt2img
+    defaults = api.init_default_script_args(runner)
+    _, on = host.txt2img(enabled=True, scale=0.5)
+    _, off = host.txt2img(enabled=False)
+    positional = api.text2imgapi(make_p(), {"VMix": {"args": [True, "film", 0.5]}}, defaults)
+    friendly = api.text2imgapi(
+        make_p(), {"vmix": {"args": [{"enabled": True, "adapter": "film", "scale": 0.5}]}}, defaults
+    )
+    absent = api.text2imgapi(make_p(), {}, defaults)
+    assert torch.equal(positional.images[0], on.images[0])
+    assert torch.equal(friendly.images[0], on.images[0])
+    assert torch.equal(absent.images[0], off.images[0])
+    bad = api.text2imgapi(make_p(), {"VMix": {"args": [{"enabled": True, "lambda": 2}]}}, defaults)
+    assert "unknown VMix key(s) ['lambda']" in bad.info
+    assert torch.equal(bad.images[0], off.images[0])
+
+
+def test_adapters_route(host):
+    (host.folder / "broken.safetensors").write_bytes(b"not really")
+    routes = {}
+
+    class App:
+        def add_api_route(self, path, endpoint, methods):
+            routes[path] = (endpoint, methods)
+
+    script_callbacks.app_started_callback(None, App())
+    endpoint, methods = routes["/vmix/v1/adapters"]
+    assert methods == ["GET"]
+    body = json.loads(json.dumps(endpoint()))
+    assert body["folder"] == str(host.folder)
+    broken, film = body["adapters"]
+    assert broken == {"file": "broken.safetensors", "error": broken["error"]} and "not a safetensors" in broken["error"]
+    assert film["name"] == "film" and film["family"] == "sd1" and film["layers"] == len(host.film.layer_paths)
+    assert [d["name"] for d in film["dimensions"]] == ["color", "lighting", "focus"]
+
+
+def test_failures_are_visible(host, capfd):
+    status = gr.find_by_elem_id("txt2img_vmix_status")
+    html_info = gr.HTML(elem_id="html_info_txt2img")
+    script_callbacks.after_component_callback(html_info, elem_id="html_info_txt2img")
+    refresh_status = html_info.listeners[-1][1]
+    _, baseline = host.txt2img(enabled=False)
+    (host.folder / "broken.safetensors").write_bytes(b"\x00" * 4)
+    _, processed = host.txt2img(enabled=True, adapter="broken")
+    assert torch.equal(processed.images[0], baseline.images[0]), "the image is still made, without VMix"
+    assert "VMix error: " in processed.info and "broken.safetensors" in processed.info
+    console = capfd.readouterr().err
+    assert sum(line.startswith("[VMix] ") for line in console.splitlines()) == 1, console
+    assert "vmix-error" in refresh_status() and "broken.safetensors" in refresh_status()
+    assert status is gr.find_by_elem_id("txt2img_vmix_status")
+    _, fine = host.txt2img(enabled=True)
+    assert "VMix error" not in fine.info and "vmix-error" not in refresh_status()
+
+
+def test_adapter_for_another_family_is_refused_before_sampling(host):
+    xl = tiny_unet(2048, seed=3)
+    save_adapter(random_adapter(xl), host.folder / "xl.safetensors")
+    _, baseline = host.txt2img(enabled=False)
+    _, processed = host.txt2img(enabled=True, adapter="xl")
+    assert "made for SDXL" in processed.info and "loaded model is SD 1.x" in processed.info
+    assert torch.equal(processed.images[0], baseline.images[0])
