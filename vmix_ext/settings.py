@@ -29,7 +29,7 @@ INFOTEXT_ERROR = "VMix error"
 
 LABELS: dict[str, str] = {
     "enabled": "Enable VMix",
-    "adapter": "Adapter",
+    "adapter": "VMix adapter",
     "scale": "Scale (λ)",
     "dimensions": "Aesthetic dimensions",
     "cond_only": "Conditional rows only",

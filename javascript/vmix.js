@@ -1,0 +1,15 @@
+// Hover hints for the VMix controls. A1111's hints.js shows titles[<label or button text>] as a tooltip;
+// the keys must stay equal to the labels in vmix_ext/settings.py (LABELS).
+(function () {
+    if (typeof titles === "undefined") {
+        return;
+    }
+    Object.assign(titles, {
+        "VMix adapter": "Adapter file from models/VMix (or --vmix-dir). Adapters are made with this extension's trainer; the 🔄 button rescans the folder.",
+        "Scale (λ)": "Strength of the aesthetic term: 0 = no effect, 1 = as trained, up to 2 for a stronger look.",
+        "Aesthetic dimensions": "Checked dimensions use their label (for example 'natural lighting'); unchecked ones use the adapter's neutral identifier.",
+        "Conditional rows only": "Apply VMix to the prompt's rows only, not to the negative prompt's. Off follows the paper.",
+        "Start at step fraction": "VMix is active from this fraction of the sampling steps (0 = first step).",
+        "End at step fraction": "VMix stops at this fraction of the sampling steps (1 = last step).",
+    });
+})();
