@@ -31,7 +31,7 @@ from vmix_ext.settings import (
     elem_id,
     parse_dimensions,
 )
-from vmix_ext.weights import AdapterFileError
+from vmix_ext.weights import AdapterFileError, short_hash
 
 try:  # A1111 1.7+ and Forge
     from modules.ui_components import InputAccordion
@@ -152,7 +152,13 @@ def _on_cfg_denoiser(params: Any) -> None:
     run = _current_run
     if run is None:
         return
-    run.mixer.set_progress(params.sampling_step, params.total_sampling_steps)
+    # The denoiser's own call counter is what A1111 itself uses for step fractions (skip_early_cond); it counts
+    # every model call of two-call samplers, while sampling_step lags one step behind.
+    denoiser = getattr(params, "denoiser", None)
+    if getattr(denoiser, "total_steps", None):
+        run.mixer.set_progress(denoiser.step, denoiser.total_steps)
+    else:
+        run.mixer.set_progress(params.sampling_step, params.total_sampling_steps)
     uncond = params.text_uncond
     if isinstance(uncond, dict):  # SDXL conditioning is a dict; the cross-attention context is "crossattn"
         uncond = uncond.get("crossattn")
@@ -230,7 +236,7 @@ class VMixScript(scripts.Script):
 
         self.infotext_fields = [
             (enabled, lambda params: INFOTEXT_KEYS["adapter"] in params),
-            (adapter, INFOTEXT_KEYS["adapter"]),
+            (adapter, _pasted_adapter),
             (scale, INFOTEXT_KEYS["scale"]),
             (dimensions, _pasted_dimensions),
             (cond_only, INFOTEXT_KEYS["cond_only"]),
@@ -328,11 +334,25 @@ def settings_for(p: Any, args: Sequence[Any]) -> VMixSettings:
     return settings.with_overrides(overrides)
 
 
+def _pasted_adapter(params: dict[str, str]) -> Any:
+    """The pasted adapter, found by name or, if it was renamed since, by the hash the infotext recorded."""
+    name = params.get(INFOTEXT_KEYS["adapter"])
+    if name is None:
+        return None
+    names = LIBRARY.names()
+    wanted_hash = params.get(INFOTEXT_HASH)
+    if name not in names and wanted_hash:
+        name = next((n for n in names if short_hash(LIBRARY.path_for(n)) == wanted_hash), name)
+    if name not in names:
+        logger.warning("pasted infotext names adapter '%s', which is not in %s", name, LIBRARY.folder)
+    return gr.update(choices=[NO_ADAPTER, *names, *([name] if name not in names else [])], value=name)
+
+
 def _pasted_dimensions(params: dict[str, str]) -> Any:
     key = INFOTEXT_KEYS["dimensions"]
     if INFOTEXT_KEYS["adapter"] not in params:
         return None  # not a VMix infotext: leave the control as it is
-    choices = dimension_names(params[INFOTEXT_KEYS["adapter"]])
+    choices = dimension_names(_pasted_adapter(params)["value"])
     text = params.get(key, "all").strip()
     if text == "all":
         chosen = list(choices)

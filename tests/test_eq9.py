@@ -67,6 +67,21 @@ def test_cond_only_rows_match_eq9_on_cond_rows(model, cond_only, tokens):
         torch.testing.assert_close(got[2], plain[2], atol=TOL, rtol=0)
 
 
+def test_cond_only_finds_a_padded_or_cut_negative_prompt(model):
+    """A1111 may pad the negative prompt to the prompt's length (or cut it) after the denoiser callback."""
+    unet, adapter, width = model
+    x, t, cond = unet_inputs(batch=1, tokens=154, context_dim=width, seed=5)
+    uncond = torch.randn(1, 77, width, generator=torch.Generator().manual_seed(9))
+    padded = torch.cat([uncond, torch.randn(1, 77, width)], dim=1)
+    mixer = ValueMixer(adapter.aesthetic_values(None), MixOptions(cond_only=True))
+    mixer.set_uncond_context(uncond)
+    mixer.classify_rows(torch.cat([cond, padded]))
+    assert mixer._cond_rows.tolist() == [0]
+    mixer.set_uncond_context(padded)
+    mixer.classify_rows(torch.cat([uncond, cond[:, :77]]))
+    assert mixer._cond_rows.tolist() == [1]
+
+
 def test_step_window_applies_only_inside(model):
     unet, adapter, width = model
     inputs = unet_inputs(context_dim=width)

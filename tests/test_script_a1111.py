@@ -180,6 +180,23 @@ def test_cond_only_and_step_window_change_the_result(host, batch_cond_uncond):
     assert host.all_unets_clean()
 
 
+def test_step_fraction_comes_from_the_denoiser_call_count(host):
+    seen = []
+    original = host.module.VMixRun.__init__
+
+    def spy(run, *args, **kwargs):
+        original(run, *args, **kwargs)
+        record = run.mixer.set_progress
+        run.mixer.set_progress = lambda step, total: (seen.append((step, total)), record(step, total))
+
+    host.module.VMixRun.__init__ = spy
+    try:
+        host.txt2img(enabled=True, start=0.5)
+    finally:
+        host.module.VMixRun.__init__ = original
+    assert seen == [(0, 4), (1, 4), (2, 4), (3, 4)]
+
+
 def test_hires_fix_mixes_both_passes(host):
     hires = {"enable_hr": True, "hr_scale": 2.0, "hr_second_pass_steps": 2, "denoising_strength": 0.5}
     _, off = host.txt2img(enabled=False, p=hires)
@@ -272,9 +289,13 @@ def test_infotext_is_written_and_pasted_back(host):
     assert values[0] is True and values[1] == "film" and values[2] == 0.35
     assert values[3] == ["focus", "color"] and values[4] is True and values[6] == 0.8
     assert gr.find_by_elem_id("txt2img_vmix_dimensions").value == ["focus", "color"]
+    # A renamed adapter file is found again by the hash the infotext recorded.
+    (host.folder / "film.safetensors").rename(host.folder / "film-v2.safetensors")
+    renamed = infotext_utils.apply_paste(info, script.infotext_fields)
+    assert renamed[1] == "film-v2" and renamed[3] == ["focus", "color"]
     # Text from a generation without VMix switches VMix off and leaves the rest as it was.
     off = infotext_utils.apply_paste("a dog\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1", script.infotext_fields)
-    assert off[0] is False and off[1] == "film"
+    assert off[0] is False and off[1] == "film-v2"
 
 
 def test_xyz_axes(host):

@@ -147,16 +147,16 @@ class ValueMixer:
     # -- the hot path ------------------------------------------------------------------------------------------
 
     def classify_rows(self, context: torch.Tensor | None) -> None:
-        if context is None or self._uncond is None:
+        if context is None or self._uncond is None or context.shape[-1] != self._uncond.shape[-1]:
             self._cond_rows = None
             return
-        uncond = self._uncond
-        if uncond.shape[-2:] != context.shape[-2:]:
-            self._cond_rows = None  # a call with another token length holds no negative-prompt rows
-            return
-        uncond = uncond.to(context.device, context.dtype)
-        # A row is unconditional when it equals one of the negative-prompt rows exactly.
-        equal = (context.unsqueeze(1) == uncond.unsqueeze(0)).flatten(2).all(-1).any(-1)
+        # Hosts may pad or cut the negative prompt to the prompt's length after telling us about it (A1111's
+        # pad_cond_uncond options), so rows are compared on the tokens both have; an exact match there marks a row as
+        # unconditional. A prompt identical to its negative prompt is therefore treated as unconditional.
+        tokens = min(context.shape[-2], self._uncond.shape[-2])
+        uncond = self._uncond[..., :tokens, :].to(context.device, context.dtype)
+        head = context[..., :tokens, :]
+        equal = (head.unsqueeze(1) == uncond.unsqueeze(0)).flatten(2).all(-1).any(-1)
         self._cond_rows = (~equal).nonzero().flatten()
 
     def in_window(self) -> bool:
