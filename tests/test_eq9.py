@@ -69,8 +69,8 @@ def test_cond_only_rows_match_eq9_on_cond_rows(model, cond_only, tokens):
 
 def test_cond_only_finds_a_padded_or_cut_negative_prompt(model):
     """A1111 may pad the negative prompt to the prompt's length (or cut it) after the denoiser callback."""
-    unet, adapter, width = model
-    x, t, cond = unet_inputs(batch=1, tokens=154, context_dim=width, seed=5)
+    _, adapter, width = model
+    _, _, cond = unet_inputs(batch=1, tokens=154, context_dim=width, seed=5)
     uncond = torch.randn(1, 77, width, generator=torch.Generator().manual_seed(9))
     padded = torch.cat([uncond, torch.randn(1, 77, width)], dim=1)
     mixer = ValueMixer(adapter.aesthetic_values(None), MixOptions(cond_only=True))
