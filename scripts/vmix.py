@@ -6,6 +6,7 @@ extension folder is on ``sys.path`` only while the host imports this file).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -31,12 +32,15 @@ from vmix_ext.settings import (
     elem_id,
     parse_dimensions,
 )
-from vmix_ext.weights import AdapterFileError, short_hash
+from vmix_ext.weights import AdapterFileError, check_adapter_fits, short_hash
 
 try:  # A1111 1.7+ and Forge
     from modules.ui_components import InputAccordion
 except ImportError:  # pragma: no cover - older hosts
     InputAccordion = None
+
+# Chosen once at import: Forge (which has a modules_forge package) gets the UNet patcher, A1111 the forward hooks.
+ON_FORGE = importlib.util.find_spec("modules_forge") is not None
 
 TITLE = "VMix"
 XYZ_ATTRIBUTE = "vmix_{}"  # X/Y/Z cells set p.vmix_<field>; process() prefers them over the UI values
@@ -145,7 +149,27 @@ def _close_with_cleanup(p: Any) -> None:
 
 
 def current_unet(p: Any) -> Any:
+    if ON_FORGE:
+        return p.sd_model.forge_objects.unet.model.diffusion_model
     return p.sd_model.model.diffusion_model
+
+
+def check_forge_family(sd_model: Any) -> None:
+    """Forge also runs SD3, Flux and Chroma, which have no cross-attention for VMix to mix into."""
+    if not any(getattr(sd_model, flag, False) for flag in ("is_sd1", "is_sd2", "is_sdxl")):
+        raise RuntimeError(
+            f"the loaded model ({type(sd_model).__name__}) has no cross-attention layers; VMix works with "
+            "SD 1.x, SD 2.x and SDXL models, not with SD3, Flux or Chroma"
+        )
+
+
+def install_forge_patches(p: Any, run: VMixRun) -> None:
+    """Forge resets its UNet patcher before every sampling pass: clone it, patch the clone, hand it back."""
+    from backend.attention import attention_function  # Forge only
+
+    patcher = p.sd_model.forge_objects.unet.clone()
+    run.install_on_forge(patcher, attention_function)
+    p.sd_model.forge_objects.unet = patcher
 
 
 def _on_cfg_denoiser(params: Any) -> None:
@@ -265,13 +289,16 @@ class VMixScript(scripts.Script):
             report_failure(p, tab, exc)
             return
         if not settings.enabled:
-            _last_status.pop(tab, None)
+            _last_status[tab] = adapter_status(settings.adapter)  # clear an error shown for an earlier generation
             return
         try:
-            if hasattr(p.sd_model, "forge_objects"):
-                raise RuntimeError("this build of VMix supports A1111 only; Forge support is not released yet")
+            if ON_FORGE:
+                check_forge_family(p.sd_model)
             run = VMixRun(settings, LIBRARY)
-            run.ensure_on(current_unet(p))
+            if ON_FORGE:  # check now, patch in process_before_every_sampling
+                check_adapter_fits(run.adapter, current_unet(p), run.path)
+            else:
+                run.ensure_on(current_unet(p))
         except Exception as exc:  # anything else would be swallowed by the host: report it, make the image anyway
             report_failure(p, tab, exc)
             return
@@ -281,10 +308,12 @@ class VMixScript(scripts.Script):
         _last_status[tab] = status_html(run.status())
 
     def process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
-        self._ensure_on_current_unet(p)
+        if not ON_FORGE:
+            self._ensure_on_current_unet(p)
 
     def before_hr(self, p: Any, *args: Any) -> None:
-        self._ensure_on_current_unet(p)
+        if not ON_FORGE:
+            self._ensure_on_current_unet(p)
 
     def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
         # Hires fix may have loaded another checkpoint since process(): follow it to the UNet about to sample.
@@ -298,7 +327,11 @@ class VMixScript(scripts.Script):
         if run is None:
             return
         try:
-            run.ensure_on(current_unet(p))
+            if ON_FORGE:
+                check_forge_family(p.sd_model)
+                install_forge_patches(p, run)
+            else:
+                run.ensure_on(current_unet(p))
         except Exception as exc:
             end_run()
             report_failure(p, "img2img" if self.is_img2img else "txt2img", exc)

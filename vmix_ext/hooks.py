@@ -85,6 +85,7 @@ class ValueMixer:
         self._progress: float | None = None
         self._uncond: torch.Tensor | None = None
         self._cond_rows: torch.Tensor | None = None
+        self._closed = False
 
     # -- state the host feeds in -------------------------------------------------------------------------------
 
@@ -138,6 +139,12 @@ class ValueMixer:
         self._cond_rows = None
         _ACTIVE_MIXERS.discard(self)
 
+    def close(self) -> None:
+        """Detach and switch off for good: a patch or hook that still points here (a Forge patcher kept past the
+        generation) adds nothing any more."""
+        self.detach()
+        self._closed = True
+
     def __enter__(self) -> ValueMixer:
         return self
 
@@ -164,14 +171,20 @@ class ValueMixer:
             return True
         return self.options.start <= self._progress < self.options.end
 
-    def mix(self, path: str, output: torch.Tensor) -> torch.Tensor | None:
-        if not self.in_window() or self.options.scale == 0:
+    def mix(self, path: str, output: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``output`` (B, T, inner) plus λ·V_a, on ``rows`` (or, for the cond-only option, the rows found by
+        ``classify_rows``); None when nothing is to be added."""
+        if self._closed or not self.in_window() or self.options.scale == 0:
             return None
         extra = self._scaled_values(path, output)
         if extra is None:
             return None
-        if self.options.cond_only and self._cond_rows is not None:
-            rows = self._cond_rows.to(output.device)
+        if rows is None and self.options.cond_only:
+            rows = self._cond_rows
+        if rows is not None:
+            if rows.numel() == 0:
+                return None  # a call with negative-prompt rows only
+            rows = rows.to(output.device)
             if extra.dim() == 3:
                 extra = extra.index_select(0, rows)
             return output.index_add(0, rows, extra.expand(rows.numel(), *output.shape[1:]))

@@ -18,10 +18,14 @@ def cross_attention_layers(unet: nn.Module) -> dict[str, nn.Module]:
     return layers
 
 
-def value_projection(layer: nn.Module) -> nn.Linear:
+def value_projection(layer: nn.Module) -> nn.Module:
+    """The layer's ``to_v``: an ``nn.Linear`` in ldm and A1111, a Linear-like module with ``in_features`` and
+    ``out_features`` in Forge (whose operations are not ``nn.Linear`` subclasses, and may hold packed weights)."""
     to_v = layer.to_v
-    if not isinstance(to_v, nn.Linear):
-        raise TypeError(f"{type(layer).__name__}.to_v is a {type(to_v).__name__}, not a Linear layer")
+    if not isinstance(getattr(to_v, "in_features", None), int) or not isinstance(
+        getattr(to_v, "out_features", None), int
+    ):
+        raise TypeError(f"{type(layer).__name__}.to_v ({type(to_v).__name__}) has no in_features/out_features")
     return to_v
 
 

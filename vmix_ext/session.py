@@ -6,9 +6,13 @@ may bring another checkpoint), and ``close`` when the generation ends, whatever 
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
+from . import forge
 from .families import family_label
+from .forge import AttentionFunction
 from .hooks import ValueMixer
 from .library import AdapterLibrary
 from .mixing import MixOptions
@@ -34,6 +38,11 @@ class VMixRun:
         check_adapter_fits(self.adapter, unet, self.path)
         self.mixer.attach(unet)
 
+    def install_on_forge(self, patcher: Any, attention: AttentionFunction) -> None:
+        """Register the replace patches on a cloned Forge UnetPatcher (Forge rebuilds it before every pass)."""
+        check_adapter_fits(self.adapter, patcher.model.diffusion_model, self.path)
+        forge.install(patcher, self.mixer, attention, self.adapter.layer_paths)
+
     def infotext(self) -> dict[str, object]:
         return self.settings.to_infotext(self.hash)
 
@@ -45,4 +54,4 @@ class VMixRun:
         )
 
     def close(self) -> None:
-        self.mixer.detach()
+        self.mixer.close()
