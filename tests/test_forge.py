@@ -250,3 +250,32 @@ def test_forge_is_not_detected_on_a1111():
         pytest.fail("the Forge marker leaked onto sys.path")
     assert importlib.util.find_spec("modules_forge") is None
     assert os.path.isdir(TESTS / "forge_host" / "modules_forge")
+
+
+def test_step_window_on_forge_follows_the_denoiser(forge_script):
+    from modules import script_callbacks
+
+    _, script, unet, adapter = forge_script
+    args = [True, "film", 1.0, None, False, 0.0, 0.5]
+    p = forge_p(args)
+    script.process(p, *args)
+    sf.reset_before_sampling(p.sd_model)
+    script.process_before_every_sampling(p, *args, x=None, noise=None, c=None, uc=None)
+    x, t, context = unet_inputs(batch=2, context_dim=768)
+    options = p.sd_model.forge_objects.unet.model_options
+    mixed = literal_eq9_unet(unet, adapter, None, 1.0)(x, t, context=context).detach()
+    with torch.no_grad():
+        plain = unet(x, t, context=context)
+
+    class Denoiser:  # Forge's CFGDenoiser counts its calls in .step against .total_steps
+        total_steps = 4
+
+    for step, expected in [(0, mixed), (1, mixed), (2, plain), (3, plain)]:
+        denoiser = Denoiser()
+        denoiser.step = step
+        params = script_callbacks.CFGDenoiserParams(x, None, None, step, 4, None, None, denoiser)
+        script_callbacks.cfg_denoiser_callback(params)
+        with torch.no_grad():
+            got = sf.forge_unet_forward(unet, x, t, context, options, [UNCOND, COND])
+        torch.testing.assert_close(got, expected, **TOL)
+    script.postprocess(p, None, *args)

@@ -27,25 +27,10 @@ class StandinModel(torch.nn.Module):
 
 
 def tiny_unet(seed: int = 0, context_dim: int = 64) -> torch.nn.Module:
-    """A small real ldm UNetModel (stable-diffusion-sdkit) with deterministic weights, in eval mode."""
-    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    """A small real ldm UNetModel with deterministic weights (the suite's one builder, tests/helpers.py)."""
+    from helpers import tiny_unet as build
 
-    torch.manual_seed(seed)
-    unet = UNetModel(
-        image_size=8,
-        in_channels=4,
-        model_channels=32,
-        out_channels=4,
-        num_res_blocks=1,
-        attention_resolutions=[1],
-        channel_mult=[1, 2],
-        num_heads=2,
-        use_spatial_transformer=True,
-        context_dim=context_dim,
-        transformer_depth=1,
-        legacy=False,
-    )
-    return unet.eval()
+    return build(context_dim, seed=seed)
 
 
 def reset(models_path: str | None = None) -> None:
