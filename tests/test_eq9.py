@@ -193,9 +193,9 @@ def test_cached_values_follow_the_call_dtype(dtype):
     values = {"layer": torch.randn(77, 8)}
     mixer = ValueMixer(values, MixOptions(scale=0.5))
     output = torch.randn(2, 154, 8).to(dtype)
+    expected = output.float() + 0.5 * tile_tokens(values["layer"], 154)
     mixed = mixer.mix("layer", output)
     assert mixed.dtype == dtype
-    expected = output.float() + 0.5 * tile_tokens(values["layer"], 154)
     torch.testing.assert_close(mixed.float(), expected, atol=2e-2, rtol=1e-2)
 
 

@@ -187,8 +187,13 @@ class ValueMixer:
             rows = rows.to(output.device)
             if extra.dim() == 3:
                 extra = extra.index_select(0, rows)
-            return output.index_add(0, rows, extra.expand(rows.numel(), *output.shape[1:]))
-        return output + extra
+            extra = extra.expand(rows.numel(), *output.shape[1:])
+            if output.requires_grad:
+                return output.index_add(0, rows, extra)
+            return output.index_add_(0, rows, extra)
+        # In inference the projection's output is a fresh tensor nobody else holds yet: adding in place saves one
+        # allocation and one pass over memory per layer and step. With autograd the graph needs the original.
+        return output + extra if output.requires_grad else output.add_(extra)
 
     def _scaled_values(self, path: str, output: torch.Tensor) -> torch.Tensor | None:
         values = self._values.get(path)
