@@ -157,7 +157,7 @@ def current_unet(p: Any) -> Any:
 def check_forge_family(sd_model: Any) -> None:
     """Forge also runs SD3, Flux and Chroma, which have no cross-attention for VMix to mix into."""
     if not any(getattr(sd_model, flag, False) for flag in ("is_sd1", "is_sd2", "is_sdxl")):
-        raise RuntimeError(
+        raise ValueError(
             f"the loaded model ({type(sd_model).__name__}) has no cross-attention layers; VMix works with "
             "SD 1.x, SD 2.x and SDXL models, not with SD3, Flux or Chroma"
         )
@@ -254,8 +254,8 @@ class VMixScript(scripts.Script):
 
         # .input fires on user changes only, so pasting infotext (which sets adapter and dims together) is not undone.
         listen = getattr(adapter, "input", None) or adapter.change
-        listen(fn=on_adapter, inputs=[adapter], outputs=[dimensions, status], show_progress=False)
-        refresh.click(fn=on_refresh, inputs=[adapter], outputs=[adapter, dimensions, status], show_progress=False)
+        listen(fn=on_adapter, inputs=[adapter], outputs=[dimensions, status])
+        refresh.click(fn=on_refresh, inputs=[adapter], outputs=[adapter, dimensions, status])
         _status_components[tab] = status
 
         self.infotext_fields = [
@@ -410,7 +410,6 @@ def _on_after_component(component: Any, **kwargs: Any) -> None:
                 fn=lambda tab=tab: _last_status.get(tab) or gr.update(),
                 inputs=[],
                 outputs=[_status_components[tab]],
-                show_progress=False,
             )
 
 
