@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the literal Eq. 9 layer: tests/helpers.py
 
 import torch
 from einops import rearrange
+from helpers import literal_eq9_forward
 from ldm.modules.attention import BasicTransformerBlock, SpatialTransformer
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from torch import nn
@@ -187,22 +189,6 @@ def literal_plain_forward(layer: nn.Module) -> Callable[..., torch.Tensor]:
         q, k, v = (_heads(t, h) for t in (q, k, v))
         attention = (q @ k.transpose(-1, -2) * layer.scale).softmax(-1)
         out = attention @ v
-        b, _, n, _ = out.shape
-        return layer.to_out(out.permute(0, 2, 1, 3).reshape(b, n, -1))
-
-    return forward
-
-
-def literal_eq9_forward(layer: nn.Module, f_a: torch.Tensor, w_va: torch.Tensor, scale: float):
-    def forward(x, context=None, mask=None):
-        h = layer.heads
-        q, k, v_c = layer.to_q(x), layer.to_k(context), layer.to_v(context)
-        tokens = context.shape[1]
-        f_a_tiled = torch.cat([f_a] * math.ceil(tokens / f_a.shape[0]))[:tokens]
-        v_a = (f_a_tiled @ w_va.T).unsqueeze(0).expand_as(v_c)
-        q, k, v_c, v_a = (_heads(t, h) for t in (q, k, v_c, v_a))
-        attention = (q @ k.transpose(-1, -2) * layer.scale).softmax(-1)
-        out = attention @ v_c + scale * (attention @ v_a)
         b, _, n, _ = out.shape
         return layer.to_out(out.permute(0, 2, 1, 3).reshape(b, n, -1))
 

@@ -82,11 +82,13 @@ def literal_eq9_unet(
     f_a = adapter.aesthetic_context(strengths).detach()
     w_va = {path: proj.weight.detach() for path, proj in zip(adapter.layer_paths, adapter.value_projs, strict=True)}
     for path, layer in cross_attention_layers(reference).items():
-        layer.forward = _literal_forward(layer, f_a, w_va[path], scale, rows_to_mix)
+        layer.forward = literal_eq9_forward(layer, f_a, w_va[path], scale, rows_to_mix)
     return reference
 
 
-def _literal_forward(layer: CrossAttention, f_a, w_va, scale, rows_to_mix):
+def literal_eq9_forward(layer: CrossAttention, f_a, w_va, scale, rows_to_mix=None):
+    """A forward for one ldm CrossAttention computing Eq. 9's two terms separately (also timed by benchmarks/)."""
+
     def forward(x, context=None, mask=None):
         h = layer.heads
         q, k, v_c = layer.to_q(x), layer.to_k(context), layer.to_v(context)

@@ -167,22 +167,19 @@ def test_unexpected_tensor(saved):
     expect_error(path, "unexpected tensors", "optimizer.state")
 
 
-def test_unknown_family(saved):
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("family", "flux", ["unknown model family 'flux'"]),
+        ("format_version", "9", ["format version '9'", "update the extension"]),
+        ("dimensions", '[{"name": 1}]', ["dimensions"]),
+        ("context_dim", "wide", ["no valid 'context_dim'"]),
+    ],
+)
+def test_bad_metadata(saved, key, value, words):
     _, path = saved
-    rewrite(path, edit_meta=lambda m: m.__setitem__("family", "flux"))
-    expect_error(path, "unknown model family 'flux'")
-
-
-def test_newer_format_version(saved):
-    _, path = saved
-    rewrite(path, edit_meta=lambda m: m.__setitem__("format_version", "9"))
-    expect_error(path, "format version '9'", "update the extension")
-
-
-def test_bad_dimensions_metadata(saved):
-    _, path = saved
-    rewrite(path, edit_meta=lambda m: m.__setitem__("dimensions", '[{"name": 1}]'))
-    expect_error(path, "dimensions")
+    rewrite(path, edit_meta=lambda m: m.__setitem__(key, value))
+    expect_error(path, *words)
 
 
 def test_bad_header_offsets(saved):
