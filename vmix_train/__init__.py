@@ -1,0 +1,5 @@
+"""The VMix trainer (in progress): makes adapter files in the format of docs/weights-format.md.
+
+Unlike ``vmix_ext`` this package may use training-only dependencies (Pillow now; the model implementation later).
+So far it holds the run configuration and the dataset checker; the training loop is not written yet.
+"""

@@ -1,0 +1,162 @@
+"""The training run's configuration: a TOML file, checked in full before anything is loaded."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10, as A1111 ships: the same parser from PyPI (requirements-train.txt)
+    import tomli as tomllib
+
+from vmix_ext.adapter import Dimension
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file, every bad key and what it accepts."""
+
+    def __init__(self, path: str | Path, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        listing = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"training config '{path}' has {len(problems)} problem(s):\n{listing}")
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """[train]: the paper used lr 1e-4 for SD 1.5, batch 256 and 50k steps; these defaults fit one consumer GPU."""
+
+    steps: int = 2000
+    batch_size: int = 4
+    gradient_accumulation: int = 1
+    learning_rate: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 1e-2
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    caption_dropout: float = 0.0
+    lora_rank: int = 0  # 0 = no LoRA
+    seed: int = 0
+    save_every: int = 500
+    sample_every: int = 500
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    checkpoint: Path
+    dataset: Path
+    output_dir: Path
+    dimensions: tuple[Dimension, ...]
+    train: TrainingOptions = field(default_factory=TrainingOptions)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and check a run config; every problem is reported at once, relative paths resolve against the file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, ["the file does not exist"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    problems: list[str] = []
+    base = path.parent
+
+    def location(section: str, key: str) -> Path | None:
+        value = raw.get(section, {}).get(key)
+        if not isinstance(value, str) or not value:
+            problems.append(f"[{section}] {key} must be a path (text)")
+            return None
+        return (base / value).resolve()
+
+    checkpoint = location("model", "checkpoint")
+    dataset = location("data", "folder")
+    output_dir = location("output", "folder")
+    for label, value in (("[model] checkpoint", checkpoint), ("[data] folder", dataset)):
+        if value is not None and not value.exists():
+            problems.append(f"{label} {value} does not exist")
+    dimensions = _dimensions(raw.get("dimensions"), problems)
+    train = _training_options(raw.get("train", {}), problems)
+    unknown = sorted(set(raw) - {"model", "data", "output", "dimensions", "train"})
+    if unknown:
+        problems.append(f"unknown section(s) {unknown}")
+    if problems:
+        raise ConfigError(path, problems)
+    assert checkpoint and dataset and output_dir and train
+    return RunConfig(checkpoint, dataset, output_dir, dimensions, train)
+
+
+def _dimensions(items: Any, problems: list[str]) -> tuple[Dimension, ...]:
+    if not isinstance(items, list) or not items:
+        problems.append("[[dimensions]] is missing: add one table per dimension with name, positive and negative")
+        return ()
+    dims: list[Dimension] = []
+    for n, item in enumerate(items, 1):
+        keys = ("name", "positive", "negative")
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in keys):
+            problems.append(f"dimension {n} needs text values for name, positive and negative")
+            continue
+        try:
+            dims.append(Dimension(item["name"], item["positive"], item["negative"]))
+        except ValueError as exc:
+            problems.append(f"dimension {n}: {exc}")
+    names = [d.name for d in dims]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        problems.append(f"dimension names must be unique, repeated: {duplicates}")
+    negatives = [d.negative for d in dims]
+    if len(set(negatives)) != len(negatives):
+        problems.append("each dimension needs its own negative identifier")
+    return tuple(dims)
+
+
+def _training_options(section: Any, problems: list[str]) -> TrainingOptions | None:
+    if not isinstance(section, dict):
+        problems.append("[train] must be a table")
+        return None
+    known = {f.name: f for f in fields(TrainingOptions)}
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        problems.append(f"[train] unknown key(s) {unknown}; known: {', '.join(known)}")
+    values: dict[str, Any] = {}
+    defaults = TrainingOptions()
+    for name in known:
+        if name not in section:
+            continue
+        value, expected = section[name], type(getattr(defaults, name))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not expected:
+            problems.append(f"[train] {name} must be {expected.__name__}, got {value!r}")
+            continue
+        values[name] = value
+    checks = {
+        "steps": lambda v: v >= 1,
+        "batch_size": lambda v: v >= 1,
+        "gradient_accumulation": lambda v: v >= 1,
+        "learning_rate": lambda v: 0 < v < 1,
+        "adam_beta1": lambda v: 0 <= v < 1,
+        "adam_beta2": lambda v: 0 <= v < 1,
+        "adam_epsilon": lambda v: v > 0,
+        "weight_decay": lambda v: v >= 0,
+        "mixed_precision": lambda v: v in MIXED_PRECISION,
+        "caption_dropout": lambda v: 0 <= v < 1,
+        "lora_rank": lambda v: v >= 0,
+        "save_every": lambda v: v >= 1,
+        "sample_every": lambda v: v >= 1,
+    }
+    for name, ok in checks.items():
+        if name in values and not ok(values[name]):
+            accepted = f"one of {MIXED_PRECISION}" if name == "mixed_precision" else "a value in range"
+            problems.append(f"[train] {name} = {values[name]!r} is out of range ({accepted})")
+    try:
+        return TrainingOptions(**values)
+    except TypeError:
+        return None
