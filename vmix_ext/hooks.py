@@ -53,7 +53,8 @@ class _RowClassifier:
         mixer = self.mixer()
         if mixer is None:
             return
-        context = kwargs.get("context")
+        # ldm/sgm UNets take ``context``, diffusers ``encoder_hidden_states``; both third when positional.
+        context = kwargs.get("context", kwargs.get("encoder_hidden_states"))
         if context is None and len(args) > 2:
             context = args[2]
         mixer.classify_rows(context if isinstance(context, torch.Tensor) else None)

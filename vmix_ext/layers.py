@@ -1,6 +1,8 @@
-"""Finding the cross-attention layers of an ldm-style UNet."""
+"""Finding the cross-attention layers of a UNet, named by their ldm paths."""
 
 from __future__ import annotations
+
+import re
 
 from torch import nn
 
@@ -8,14 +10,48 @@ from torch import nn
 def cross_attention_layers(unet: nn.Module) -> dict[str, nn.Module]:
     """Every ``attn2`` module that owns a ``to_v`` projection, keyed by its ldm path.
 
-    The keys (``input_blocks.1.1.transformer_blocks.0.attn2`` and so on) are the layer names of the
-    adapter file, so they must stay the plain ``named_modules`` paths of the ldm UNet.
+    The keys (``input_blocks.1.1.transformer_blocks.0.attn2`` and so on) are the layer names of the adapter file.
+    ldm, sgm, A1111 and Forge UNets use these paths themselves; a diffusers ``UNet2DConditionModel`` names the same
+    layers differently (``down_blocks.0.attentions.0.transformer_blocks.0.attn2``), and its paths are translated.
     """
     layers: dict[str, nn.Module] = {}
+    blocks_per_level: int | None = None
     for name, module in unet.named_modules():
-        if name.rsplit(".", 1)[-1] == "attn2" and isinstance(getattr(module, "to_v", None), nn.Module):
-            layers[name] = module
+        if name.rsplit(".", 1)[-1] != "attn2" or not isinstance(getattr(module, "to_v", None), nn.Module):
+            continue
+        if name.startswith(("down_blocks.", "mid_block.", "up_blocks.")):
+            if blocks_per_level is None:
+                blocks_per_level = diffusers_layers_per_block(unet)
+            name = diffusers_to_ldm_path(name, blocks_per_level)
+        layers[name] = module
     return layers
+
+
+_DIFFUSERS_PATH = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.attentions\.(\d+)\.(transformer_blocks\.\d+\.attn2)$")
+_DIFFUSERS_MID = re.compile(r"^mid_block\.attentions\.0\.(transformer_blocks\.\d+\.attn2)$")
+
+
+def diffusers_layers_per_block(unet: nn.Module) -> int:
+    """ResNet blocks per down level of a diffusers UNet (ldm's ``num_res_blocks``)."""
+    return len(unet.down_blocks[0].resnets)  # type: ignore[index, union-attr, arg-type]
+
+
+def diffusers_to_ldm_path(path: str, layers_per_block: int) -> str:
+    """``down_blocks.1.attentions.0.transformer_blocks.0.attn2`` -> ``input_blocks.4.1.transformer_blocks.0.attn2``
+    (with 2 layers per block). ldm counts ``input_blocks`` from the input convolution, with one extra entry per level
+    for the downsampler, and ``output_blocks`` with ``layers_per_block + 1`` entries per level."""
+    match = _DIFFUSERS_PATH.match(path)
+    if match:
+        group, level, index, rest = match.groups()
+        if group == "down_blocks":
+            number = 1 + int(level) * (layers_per_block + 1) + int(index)
+            return f"input_blocks.{number}.1.{rest}"
+        number = int(level) * (layers_per_block + 1) + int(index)
+        return f"output_blocks.{number}.1.{rest}"
+    match = _DIFFUSERS_MID.match(path)
+    if match:
+        return f"middle_block.1.{match.group(1)}"
+    raise ValueError(f"'{path}' is not a diffusers cross-attention layer path")
 
 
 def value_projection(layer: nn.Module) -> nn.Module:
