@@ -20,6 +20,7 @@ from vmix_ext.hooks import detach_all, remove_vmix_hooks
 from vmix_ext.library import AdapterLibrary
 from vmix_ext.session import VMixRun
 from vmix_ext.settings import (
+    INFOTEXT_ENABLED,
     INFOTEXT_ERROR,
     INFOTEXT_HASH,
     INFOTEXT_KEYS,
@@ -258,16 +259,12 @@ class VMixScript(scripts.Script):
         refresh.click(fn=on_refresh, inputs=[adapter], outputs=[adapter, dimensions, status])
         _status_components[tab] = status
 
-        self.infotext_fields = [
-            (enabled, lambda params: INFOTEXT_KEYS["adapter"] in params),
-            (adapter, _pasted_adapter),
-            (scale, INFOTEXT_KEYS["scale"]),
-            (dimensions, _pasted_dimensions),
-            (cond_only, INFOTEXT_KEYS["cond_only"]),
-            (start, INFOTEXT_KEYS["start"]),
-            (end, INFOTEXT_KEYS["end"]),
-        ]
-        self.paste_field_names = [elem_id(name, tab) for name in VMixSettings.field_names()]
+        # Plain keys for every control (see _on_infotext_pasted), so "Send to img2img" copies VMix's controls too.
+        keys = [INFOTEXT_ENABLED, *INFOTEXT_KEYS.values()]
+        self.infotext_fields = list(
+            zip([enabled, adapter, scale, dimensions, cond_only, start, end], keys, strict=True)
+        )
+        self.paste_field_names = keys
         return [enabled, adapter, scale, dimensions, cond_only, start, end]
 
     # -- generation callbacks ------------------------------------------------------------------------------------
@@ -367,33 +364,47 @@ def settings_for(p: Any, args: Sequence[Any]) -> VMixSettings:
     return settings.with_overrides(overrides)
 
 
-def _pasted_adapter(params: dict[str, str]) -> Any:
-    """The pasted adapter, found by name or, if it was renamed since, by the hash the infotext recorded."""
-    name = params.get(INFOTEXT_KEYS["adapter"])
-    if name is None:
-        return None
+def _on_infotext_pasted(_infotext: str, params: dict[str, Any]) -> None:
+    """Prepare VMix's entries before the host applies pasted parameters to the controls.
+
+    The switch gets a value from the presence of ``VMix adapter`` (text without VMix turns VMix off), and the
+    adapter and dimension entries become updates that also set the choices: the adapter is found by name or, if
+    the file was renamed since, by the hash the infotext recorded.
+    """
+    params[INFOTEXT_ENABLED] = INFOTEXT_KEYS["adapter"] in params
+    if not params[INFOTEXT_ENABLED]:
+        return
+    adapter = _pasted_adapter(str(params[INFOTEXT_KEYS["adapter"]]), params.get(INFOTEXT_HASH))
+    params[INFOTEXT_KEYS["dimensions"]] = _pasted_dimensions(
+        str(params.get(INFOTEXT_KEYS["dimensions"], "all")), adapter
+    )
+    params[INFOTEXT_KEYS["adapter"]] = gr.update(choices=[NO_ADAPTER, *_with(LIBRARY.names(), adapter)], value=adapter)
+
+
+def _pasted_adapter(name: str, wanted_hash: str | None) -> str:
     names = LIBRARY.names()
-    wanted_hash = params.get(INFOTEXT_HASH)
     if name not in names and wanted_hash:
         name = next((n for n in names if short_hash(LIBRARY.path_for(n)) == wanted_hash), name)
     if name not in names:
         logger.warning("pasted infotext names adapter '%s', which is not in %s", name, LIBRARY.folder)
-    return gr.update(choices=[NO_ADAPTER, *names, *([name] if name not in names else [])], value=name)
+    return name
 
 
-def _pasted_dimensions(params: dict[str, str]) -> Any:
-    key = INFOTEXT_KEYS["dimensions"]
-    if INFOTEXT_KEYS["adapter"] not in params:
-        return None  # not a VMix infotext: leave the control as it is
-    choices = dimension_names(_pasted_adapter(params)["value"])
-    text = params.get(key, "all").strip()
+def _pasted_dimensions(text: str, adapter: str) -> dict[str, Any]:
+    choices = dimension_names(adapter)
+    text = text.strip()
     if text == "all":
         chosen = list(choices)
     elif text == "none":
         chosen = []
     else:
         chosen = list(parse_dimensions(text) or ())
-    return gr.update(choices=sorted(set(choices) | set(chosen), key=[*choices, *chosen].index), value=chosen)
+    return gr.update(choices=_with(choices, *chosen), value=chosen)
+
+
+def _with(items: list[str], *extra: str) -> list[str]:
+    """``items`` followed by whichever of ``extra`` they lack (a pasted value must be among a control's choices)."""
+    return [*items, *(e for e in dict.fromkeys(extra) if e not in items)]
 
 
 # -- status line refresh after a generation ------------------------------------------------------------------------
@@ -483,3 +494,4 @@ script_callbacks.on_before_ui(add_xyz_axes)
 script_callbacks.on_app_started(_on_app_started)
 script_callbacks.on_after_component(_on_after_component)
 script_callbacks.on_script_unloaded(end_run)
+script_callbacks.on_infotext_pasted(_on_infotext_pasted)

@@ -285,6 +285,9 @@ def test_infotext_is_written_and_pasted_back(host):
     params = infotext_utils.parse_generation_parameters(info)
     assert params["VMix dims"] == "focus, color"
     script = scripts.scripts_txt2img.script("VMix")
+    # "Send to img2img" copies the controls whose infotext names are listed here: all of VMix's.
+    assert [name for _, name in script.infotext_fields] == script.paste_field_names
+    assert len(script.paste_field_names) == len(FIELDS)
     values = infotext_utils.apply_paste(info, script.infotext_fields)
     assert values[0] is True and values[1] == "film" and values[2] == 0.35
     assert values[3] == ["focus", "color"] and values[4] is True and values[6] == 0.8

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vmix_ext.settings import INFOTEXT_KEYS, SettingsError, VMixSettings, elem_id, parse_dimensions
+from vmix_ext.settings import INFOTEXT_ENABLED, INFOTEXT_KEYS, SettingsError, VMixSettings, elem_id, parse_dimensions
 
 
 def test_defaults_are_off_and_neutral():
@@ -117,6 +117,7 @@ def test_vocabulary_is_complete_and_unique():
     names = VMixSettings.field_names()
     assert set(INFOTEXT_KEYS) == set(names) - {"enabled"}
     assert len(set(INFOTEXT_KEYS.values())) == len(INFOTEXT_KEYS)
+    assert INFOTEXT_ENABLED not in INFOTEXT_KEYS.values()
     ids = {elem_id(n, tab) for n in names for tab in ("txt2img", "img2img")}
     assert len(ids) == 2 * len(names)
 

@@ -25,6 +25,8 @@ INFOTEXT_KEYS: dict[str, str] = {
     "end": "VMix end",
 }
 INFOTEXT_HASH = "VMix hash"
+# Never written: the paste step derives it from the presence of "VMix adapter", so each control has a plain key.
+INFOTEXT_ENABLED = "VMix enabled"
 INFOTEXT_ERROR = "VMix error"
 
 LABELS: dict[str, str] = {
