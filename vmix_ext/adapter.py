@@ -37,8 +37,6 @@ class VMixAdapter(nn.Module):
     ``layer_paths`` are ldm module paths such as ``input_blocks.1.1.transformer_blocks.0.attn2``.
     """
 
-    source_path: str = ""  # the file it was loaded from, for messages
-
     def __init__(
         self,
         dimensions: Sequence[Dimension],

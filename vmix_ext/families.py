@@ -16,9 +16,6 @@ FAMILY_LABEL: dict[str, str] = {
     "sdxl_refiner": "SDXL refiner",
 }
 
-# The standard UNets of each family have this many cross-attention layers; used only to phrase errors.
-FAMILY_LAYER_COUNT: dict[str, int] = {"sd1": 16, "sd2": 16, "sdxl": 70, "sdxl_refiner": 36}
-
 
 def family_for_context_dim(context_dim: int) -> str | None:
     """The family whose text encoders produce contexts of this width, or None for an unknown width."""

@@ -90,11 +90,6 @@ class ValueMixer:
 
     # -- state the host feeds in -------------------------------------------------------------------------------
 
-    def set_values(self, values: Mapping[str, torch.Tensor]) -> None:
-        """Replace V_a (the trainer does this every batch)."""
-        self._values = dict(values)
-        self._cache.clear()
-
     def set_progress(self, step: int | None, total: int | None) -> None:
         """Where sampling is, for the step window; None (the default) means always inside the window."""
         self._progress = None if step is None or not total else step / total

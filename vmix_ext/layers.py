@@ -72,13 +72,3 @@ def layer_widths(unet: nn.Module) -> dict[str, tuple[int, int]]:
         to_v = value_projection(layer)
         widths[path] = (to_v.in_features, to_v.out_features)
     return widths
-
-
-def unet_context_dim(unet: nn.Module) -> int:
-    """The context width the UNet's cross-attention layers expect; all layers must agree."""
-    dims = {width[0] for width in layer_widths(unet).values()}
-    if not dims:
-        raise ValueError("this UNet has no cross-attention layers (attn2.to_v)")
-    if len(dims) > 1:
-        raise ValueError(f"this UNet's cross-attention layers disagree on the context width: {sorted(dims)}")
-    return dims.pop()

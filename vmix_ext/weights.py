@@ -239,7 +239,6 @@ def load_adapter(path: str | os.PathLike[str]) -> VMixAdapter:
         for layer, proj in zip(adapter.layer_paths, adapter.value_projs, strict=True):
             proj.weight.copy_(tensors[VALUE_PREFIX + layer + VALUE_SUFFIX])
     adapter.requires_grad_(False)
-    adapter.source_path = str(path)
     return adapter
 
 
