@@ -52,6 +52,25 @@ def tiny_unet(context_dim: int = 768, depth: int = 1, seed: int = 0) -> UNetMode
     return unet.eval()
 
 
+def tiny_diffusers_unet(seed: int = 0) -> nn.Module:
+    """The diffusers twin of tests/helpers.tiny_unet: same levels, widths and attention placement."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768,
+        attention_head_dim=16,
+        norm_num_groups=32,
+    ).eval()
+
+
 def random_adapter(unet: nn.Module, seed: int = 1, dims: tuple[Dimension, ...] = DIMENSIONS) -> VMixAdapter:
     """An adapter with every weight random (Z included), so V_a is far from zero."""
     context_dim = next(iter(cross_attention_layers(unet).values())).to_v.in_features

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from helpers import DIMENSIONS, random_adapter, tiny_unet
+from helpers import DIMENSIONS, random_adapter, tiny_diffusers_unet, tiny_unet
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from vmix_ext.adapter import VMixAdapter
@@ -69,23 +69,6 @@ def test_path_translation_errors():
     )
     with pytest.raises(ValueError, match="not a diffusers cross-attention layer path"):
         diffusers_to_ldm_path("down_blocks.0.resnets.0", 2)
-
-
-def tiny_diffusers_unet(seed: int = 0) -> UNet2DConditionModel:
-    """The diffusers twin of tests/helpers.tiny_unet: same levels, widths and attention placement."""
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=768,
-        attention_head_dim=16,
-        norm_num_groups=32,
-    ).eval()
 
 
 def test_an_adapter_fits_both_implementations_of_one_architecture(tmp_path):

@@ -90,6 +90,13 @@ class ValueMixer:
 
     # -- state the host feeds in -------------------------------------------------------------------------------
 
+    def set_values(self, values: Mapping[str, torch.Tensor]) -> None:
+        """Replace V_a for the same layers (the trainer does this every batch, with per-row values)."""
+        if set(values) != set(self._values):
+            raise ValueError("set_values must keep the same layers; create a new mixer for other layers")
+        self._values = dict(values)
+        self._cache.clear()
+
     def set_progress(self, step: int | None, total: int | None) -> None:
         """Where sampling is, for the step window; None (the default) means always inside the window."""
         self._progress = None if step is None or not total else step / total

@@ -1,0 +1,63 @@
+"""One training step of VMix: the base UNet frozen, F, Z and every W_Va learning from the usual diffusion loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vmix_ext.adapter import VMixAdapter
+from vmix_ext.hooks import ValueMixer
+from vmix_ext.mixing import MixOptions
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor  # (B, C, h, w), already scaled as the UNet expects
+    context: torch.Tensor  # (B, T, d): the captions' text-encoder states (caption dropout applied by the loader)
+    strengths: torch.Tensor  # (B, N): each image's labels, 1 = yes, 0 = no
+
+
+class VMixTrainingStep:
+    """Computes the loss of one batch: noise the latents at random timesteps, predict with VMix mixed in at λ = 1
+    (each row with its own labels), and compare with the scheduler's target (ε, or v for v-prediction models).
+
+    ``unet`` is a diffusers ``UNet2DConditionModel`` (its layers are found by their ldm paths); it is frozen here.
+    """
+
+    def __init__(self, unet: nn.Module, adapter: VMixAdapter, scheduler: Any) -> None:
+        self.unet = unet.requires_grad_(False)
+        self.adapter = adapter.requires_grad_(True)
+        self.scheduler = scheduler
+        self.prediction_type = scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"unsupported prediction type {self.prediction_type!r} (epsilon or v_prediction)")
+        self._mixer: ValueMixer | None = None
+
+    def loss(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
+        latents = batch.latents
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        steps = self.scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        values = self.adapter.aesthetic_values(batch.strengths)  # (B, C, inner) per layer, with autograd
+        if self._mixer is None:
+            self._mixer = ValueMixer(values, MixOptions(scale=1.0))
+            self._mixer.attach(self.unet)
+        else:
+            self._mixer.set_values(values)
+        prediction = self.unet(noisy, timesteps, encoder_hidden_states=batch.context).sample
+        if self.prediction_type == "epsilon":
+            target = noise
+        else:
+            target = self.scheduler.get_velocity(latents, noise, timesteps)
+        return F.mse_loss(prediction.float(), target.float())
+
+    def close(self) -> None:
+        """Take VMix off the UNet (sampling without VMix, or the end of training)."""
+        if self._mixer is not None:
+            self._mixer.close()
+            self._mixer = None
