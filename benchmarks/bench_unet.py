@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the li
 
 import torch
 from einops import rearrange
-from helpers import literal_eq9_forward
+from helpers import SD15_UNET_CONFIG, literal_eq9_forward
 from ldm.modules.attention import BasicTransformerBlock, SpatialTransformer
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from torch import nn
@@ -78,20 +78,7 @@ class Spec:
 
 
 def build_sd15() -> UNetModel:
-    return UNetModel(
-        image_size=64,
-        in_channels=4,
-        out_channels=4,
-        model_channels=320,
-        attention_resolutions=[4, 2, 1],
-        num_res_blocks=2,
-        channel_mult=[1, 2, 4, 4],
-        num_heads=8,
-        use_spatial_transformer=True,
-        transformer_depth=1,
-        context_dim=768,
-        legacy=False,
-    )
+    return UNetModel(**SD15_UNET_CONFIG)
 
 
 def build_sdxl_like(depth_640: int, depth_1280: int) -> UNetModel:

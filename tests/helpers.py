@@ -15,6 +15,22 @@ from vmix_ext.adapter import Dimension, VMixAdapter
 from vmix_ext.families import family_for_context_dim
 from vmix_ext.layers import cross_attention_layers
 
+# SD 1.5's UNet (v1-inference.yaml), for structure checks and the benchmark.
+SD15_UNET_CONFIG = {
+    "image_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "attention_resolutions": [4, 2, 1],
+    "num_res_blocks": 2,
+    "channel_mult": [1, 2, 4, 4],
+    "num_heads": 8,
+    "use_spatial_transformer": True,
+    "transformer_depth": 1,
+    "context_dim": 768,
+    "legacy": False,
+}
+
 DIMENSIONS = (
     Dimension("color", "vivid colour", "sks1"),
     Dimension("lighting", "natural lighting", "sks2"),

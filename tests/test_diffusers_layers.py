@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from helpers import DIMENSIONS, random_adapter, tiny_diffusers_unet, tiny_unet
+from helpers import DIMENSIONS, SD15_UNET_CONFIG, random_adapter, tiny_diffusers_unet, tiny_unet
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from vmix_ext.adapter import VMixAdapter
@@ -32,20 +32,7 @@ SDXL_DIFFUSERS = {
 def test_sd15_paths_match_ldm_exactly():
     with torch.device("meta"):  # names and widths only: no memory for 860M parameters
         diffusers_unet = UNet2DConditionModel(**SD15_DIFFUSERS)
-        ldm_unet = UNetModel(
-            image_size=64,
-            in_channels=4,
-            out_channels=4,
-            model_channels=320,
-            attention_resolutions=[4, 2, 1],
-            num_res_blocks=2,
-            channel_mult=[1, 2, 4, 4],
-            num_heads=8,
-            use_spatial_transformer=True,
-            transformer_depth=1,
-            context_dim=768,
-            legacy=False,
-        )
+        ldm_unet = UNetModel(**SD15_UNET_CONFIG)
     assert layer_widths(diffusers_unet) == layer_widths(ldm_unet)
     assert len(layer_widths(ldm_unet)) == 16
 
