@@ -46,6 +46,10 @@ class TrainingOptions:
     seed: int = 0
     save_every: int = 500
     sample_every: int = 500
+    resolution: int = 512  # images are resized (shorter side) and centre-cropped to a square of this size
+    sample_count: int = 4  # sample grids use the first N captions of the dataset, seeds 0..N-1
+    sample_steps: int = 25  # DDIM steps, as in the paper's evaluation
+    sample_guidance: float = 7.5  # CFG scale, as in the paper's evaluation
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,14 @@ class RunConfig:
     output_dir: Path
     dimensions: tuple[Dimension, ...]
     train: TrainingOptions = field(default_factory=TrainingOptions)
+    original_config: Path | None = None  # [model] config: the ldm YAML; SD 1.x's values when omitted
+    tokenizer: Path | None = None  # [model] tokenizer: a CLIP tokenizer folder; the HF cache when omitted
+    clip_skip: int = 1  # [model] clip_skip, as set in the WebUI the adapter will be used with
+    name: str = ""  # [output] name: the adapter's file name (without .safetensors); the folder's name when empty
+
+    @property
+    def adapter_name(self) -> str:
+        return self.name or self.output_dir.name
 
 
 def load_config(path: str | Path) -> RunConfig:
@@ -76,12 +88,38 @@ def load_config(path: str | Path) -> RunConfig:
             return None
         return (base / value).resolve()
 
+    def optional_location(section: str, key: str) -> Path | None:
+        if key not in raw.get(section, {}):
+            return None
+        return location(section, key)
+
     checkpoint = location("model", "checkpoint")
+    original_config = optional_location("model", "config")
+    tokenizer = optional_location("model", "tokenizer")
     dataset = location("data", "folder")
     output_dir = location("output", "folder")
-    for label, value in (("[model] checkpoint", checkpoint), ("[data] folder", dataset)):
+    for label, value in (
+        ("[model] checkpoint", checkpoint),
+        ("[model] config", original_config),
+        ("[model] tokenizer", tokenizer),
+        ("[data] folder", dataset),
+    ):
         if value is not None and not value.exists():
             problems.append(f"{label} {value} does not exist")
+    clip_skip = raw.get("model", {}).get("clip_skip", 1)
+    if type(clip_skip) is not int or not 1 <= clip_skip <= 12:
+        problems.append(f"[model] clip_skip must be a whole number from 1 to 12, got {clip_skip!r}")
+    name = raw.get("output", {}).get("name", "")
+    if not isinstance(name, str) or any(c in name for c in '/\\:*?"<>|'):
+        problems.append(f"[output] name must be a plain file name (no folders), got {name!r}")
+    for section, allowed in (
+        ("model", {"checkpoint", "config", "tokenizer", "clip_skip"}),
+        ("data", {"folder"}),
+        ("output", {"folder", "name"}),
+    ):
+        extra = sorted(set(raw.get(section, {})) - allowed) if isinstance(raw.get(section), dict) else []
+        if extra:
+            problems.append(f"[{section}] unknown key(s) {extra}; known: {', '.join(sorted(allowed))}")
     dimensions = _dimensions(raw.get("dimensions"), problems)
     train = _training_options(raw.get("train", {}), problems)
     unknown = sorted(set(raw) - {"model", "data", "output", "dimensions", "train"})
@@ -90,7 +128,9 @@ def load_config(path: str | Path) -> RunConfig:
     if problems:
         raise ConfigError(path, problems)
     assert checkpoint and dataset and output_dir and train
-    return RunConfig(checkpoint, dataset, output_dir, dimensions, train)
+    return RunConfig(
+        checkpoint, dataset, output_dir, dimensions, train, original_config, tokenizer, clip_skip, name.strip()
+    )
 
 
 def _dimensions(items: Any, problems: list[str]) -> tuple[Dimension, ...]:
@@ -151,6 +191,10 @@ def _training_options(section: Any, problems: list[str]) -> TrainingOptions | No
         "lora_rank": lambda v: v >= 0,
         "save_every": lambda v: v >= 1,
         "sample_every": lambda v: v >= 1,
+        "resolution": lambda v: v >= 8 and v % 8 == 0,
+        "sample_count": lambda v: v >= 0,
+        "sample_steps": lambda v: v >= 1,
+        "sample_guidance": lambda v: v >= 1,
     }
     for name, ok in checks.items():
         if name in values and not ok(values[name]):

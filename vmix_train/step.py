@@ -19,6 +19,8 @@ class Batch:
     latents: torch.Tensor  # (B, C, h, w), already scaled as the UNet expects
     context: torch.Tensor  # (B, T, d): the captions' text-encoder states (caption dropout applied by the loader)
     strengths: torch.Tensor  # (B, N): each image's labels, 1 = yes, 0 = no
+    noise: torch.Tensor | None = None  # (B, C, h, w); drawn from the loss's generator when None
+    timesteps: torch.Tensor | None = None  # (B,) int; drawn from the loss's generator when None
 
 
 class VMixTrainingStep:
@@ -39,9 +41,15 @@ class VMixTrainingStep:
 
     def loss(self, batch: Batch, generator: torch.Generator | None = None) -> torch.Tensor:
         latents = batch.latents
-        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-        steps = self.scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator, device=latents.device)
+        # Noise and timesteps come from a CPU generator whatever the device, so a run is reproducible (and resumable)
+        # on any hardware; the copy to the GPU costs one small transfer per step.
+        noise, timesteps = batch.noise, batch.timesteps
+        if noise is None:
+            noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
+        if timesteps is None:
+            steps = self.scheduler.config.num_train_timesteps
+            timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator)
+        noise, timesteps = noise.to(latents.device, latents.dtype), timesteps.to(latents.device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         values = self.adapter.aesthetic_values(batch.strengths)  # (B, C, inner) per layer, with autograd
         if self._mixer is None:

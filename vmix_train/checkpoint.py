@@ -1,0 +1,273 @@
+"""Loading a WebUI single-file checkpoint (``.safetensors``) offline, as diffusers/transformers modules.
+
+The conversion of the ldm key names is diffusers' own (``diffusers.loaders.single_file_utils``); what this module
+adds is that nothing is fetched: the ldm model config is built in (SD 1.x's ``v1-inference.yaml`` values) or read
+from a local YAML file, the text encoder's config is read off the checkpoint's tensor shapes, and the tokenizer comes
+from a local folder or the Hugging Face cache the WebUI already filled. ``.ckpt`` files are refused: loading them
+runs pickle.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from vmix_ext.weights import short_hash
+from vmix_train.model import BaseModel
+
+SD1_CLIP_TOKENIZER = "openai/clip-vit-large-patch14"  # the tokenizer A1111 loads for SD 1.x (kept in the HF cache)
+_CLIP_PREFIX = "cond_stage_model.transformer."
+_FAMILY_MARKERS = {  # a key only that family's checkpoints hold
+    "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": "sd1",
+    "cond_stage_model.model.token_embedding.weight": "sd2",
+    "conditioner.embedders.1.model.token_embedding.weight": "sdxl",
+    "conditioner.embedders.0.model.token_embedding.weight": "sdxl_refiner",
+}
+
+# The parts of Stability's configs/stable-diffusion/v1-inference.yaml that diffusers' converters read.
+SD1_ORIGINAL_CONFIG: dict[str, Any] = {
+    "model": {
+        "params": {
+            "linear_start": 0.00085,
+            "linear_end": 0.012,
+            "timesteps": 1000,
+            "scale_factor": 0.18215,
+            "parameterization": "eps",
+            "unet_config": {
+                "params": {
+                    "image_size": 32,
+                    "in_channels": 4,
+                    "out_channels": 4,
+                    "model_channels": 320,
+                    "attention_resolutions": [4, 2, 1],
+                    "num_res_blocks": 2,
+                    "channel_mult": [1, 2, 4, 4],
+                    "num_heads": 8,
+                    "use_spatial_transformer": True,
+                    "transformer_depth": 1,
+                    "context_dim": 768,
+                    "legacy": False,
+                }
+            },
+            "first_stage_config": {
+                "params": {
+                    "embed_dim": 4,
+                    "ddconfig": {
+                        "double_z": True,
+                        "z_channels": 4,
+                        "resolution": 256,
+                        "in_channels": 3,
+                        "out_ch": 3,
+                        "ch": 128,
+                        "ch_mult": [1, 2, 4, 4],
+                        "num_res_blocks": 2,
+                        "attn_resolutions": [],
+                        "dropout": 0.0,
+                    },
+                }
+            },
+        }
+    }
+}
+
+
+class CheckpointError(ValueError):
+    """A base model that cannot be loaded; the message names the file and what to do."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        super().__init__(f"base model '{path}': {problem}")
+
+
+def load_single_file(
+    path: str | Path,
+    *,
+    original_config: str | Path | dict[str, Any] | None = None,
+    tokenizer: str | Path | None = None,
+    clip_skip: int = 1,
+    text_encoder_heads: int | None = None,
+) -> BaseModel:
+    """Load an SD 1.x single-file checkpoint on the CPU in float32, frozen.
+
+    ``original_config``: the ldm YAML (the WebUI's ``configs/v1-inference.yaml``, or the ``.yaml`` next to a
+    checkpoint) or its parsed dict; SD 1.x's values when omitted. ``tokenizer``: a folder with CLIP's
+    ``vocab.json`` and ``merges.txt``; when omitted, the copy in the Hugging Face cache that the WebUI downloaded.
+    ``text_encoder_heads``: attention heads of the text encoder (width / 64 when omitted, as in every CLIP).
+    """
+    path = Path(path)
+    checkpoint = _read_checkpoint(path)
+    family = detect_family(checkpoint, path)
+    if family != "sd1":
+        raise CheckpointError(path, f"is a {family} checkpoint; this trainer version trains SD 1.x checkpoints only")
+    config = _original_config(original_config, path)
+    params = config["model"]["params"]
+    unet = _load_unet(checkpoint, config, path)
+    vae = _load_vae(checkpoint, config, path)
+    tokenize, eos = _tokenizer(tokenizer, path)
+    text_encoder = _load_clip(checkpoint, path, text_encoder_heads, eos)
+    scheduler = noise_schedule(params)
+    base = BaseModel(
+        unet=unet,
+        text_encoder=text_encoder,
+        tokenize=tokenize,
+        eos_token_id=eos,
+        scheduler=scheduler,
+        family=family,
+        vae=vae,
+        clip_skip=clip_skip,
+        name=path.name,
+        hash=short_hash(path),
+    )
+    return base.freeze()
+
+
+def detect_family(checkpoint: dict[str, torch.Tensor], path: str | Path) -> str:
+    for key, family in _FAMILY_MARKERS.items():
+        if key in checkpoint:
+            return family
+    if "model.diffusion_model.input_blocks.0.0.weight" in checkpoint:
+        raise CheckpointError(path, "holds a UNet but no text encoder this trainer knows (SD 1.x, SD 2.x or SDXL)")
+    raise CheckpointError(path, "is not a Stable Diffusion checkpoint (no model.diffusion_model.* weights)")
+
+
+def noise_schedule(params: dict[str, Any]) -> Any:
+    """The training noise schedule the ldm config describes (SD's scaled-linear betas; ε or v prediction)."""
+    from diffusers import DDPMScheduler
+
+    prediction = {"eps": "epsilon", "v": "v_prediction"}.get(params.get("parameterization", "eps"))
+    if prediction is None:
+        raise ValueError(f"unknown parameterization {params.get('parameterization')!r} (eps or v)")
+    return DDPMScheduler(
+        num_train_timesteps=int(params.get("timesteps", 1000)),
+        beta_start=float(params.get("linear_start", 0.00085)),
+        beta_end=float(params.get("linear_end", 0.012)),
+        beta_schedule="scaled_linear",
+        prediction_type=prediction,
+        clip_sample=False,
+    )
+
+
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix.lower() in (".ckpt", ".pt", ".pth", ".bin"):
+        raise CheckpointError(
+            path,
+            "is a pickle file; the trainer reads .safetensors only (loading pickle can run code). "
+            "Convert it to .safetensors first, or use the .safetensors release of the model.",
+        )
+    if not path.is_file():
+        raise CheckpointError(path, "file not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(path, f"is not a readable .safetensors file ({exc})") from None
+
+
+def _original_config(source: str | Path | dict[str, Any] | None, path: Path) -> dict[str, Any]:
+    if source is None:
+        return copy.deepcopy(SD1_ORIGINAL_CONFIG)
+    if isinstance(source, dict):
+        return copy.deepcopy(source)
+    import yaml  # a dependency of huggingface_hub, which diffusers needs
+
+    try:
+        loaded = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckpointError(path, f"its model config '{source}' cannot be read ({exc})") from None
+    if not isinstance(loaded, dict) or "model" not in loaded:
+        raise CheckpointError(path, f"its model config '{source}' is not an ldm config (no 'model' section)")
+    return loaded
+
+
+def _strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], part: str, path: Path) -> None:
+    result = module.load_state_dict(state, strict=False)
+    missing = list(result.missing_keys)
+    unexpected = [k for k in result.unexpected_keys if not k.endswith("position_ids")]
+    if missing or unexpected:
+        shown = ", ".join((missing + unexpected)[:3])
+        raise CheckpointError(
+            path,
+            f"its {part} does not match the model config ({len(missing)} missing, {len(unexpected)} unexpected "
+            f"weights, e.g. {shown}); is the config for this model?",
+        )
+
+
+def _load_unet(checkpoint: dict[str, torch.Tensor], config: dict[str, Any], path: Path) -> torch.nn.Module:
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, create_unet_diffusers_config_from_ldm
+
+    try:
+        unet_config = create_unet_diffusers_config_from_ldm(config, checkpoint)
+        unet = UNet2DConditionModel(**unet_config)
+        state = convert_ldm_unet_checkpoint(checkpoint, unet_config)
+    except (KeyError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(path, f"its UNet does not match the model config ({exc!r})") from None
+    _strict_load(unet, state, "UNet", path)
+    return unet
+
+
+def _load_vae(checkpoint: dict[str, torch.Tensor], config: dict[str, Any], path: Path) -> torch.nn.Module:
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+
+    try:
+        vae_config = create_vae_diffusers_config_from_ldm(config, checkpoint)
+        vae = AutoencoderKL(**vae_config)
+        state = convert_ldm_vae_checkpoint(checkpoint, vae_config)
+    except (KeyError, IndexError, RuntimeError) as exc:
+        raise CheckpointError(path, f"its VAE does not match the model config ({exc!r})") from None
+    _strict_load(vae, state, "VAE", path)
+    return vae
+
+
+def _load_clip(checkpoint: dict[str, torch.Tensor], path: Path, heads: int | None, eos: int) -> torch.nn.Module:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    state = {k[len(_CLIP_PREFIX) :]: v for k, v in checkpoint.items() if k.startswith(_CLIP_PREFIX)}
+    vocab, width = state["text_model.embeddings.token_embedding.weight"].shape
+    positions = state["text_model.embeddings.position_embedding.weight"].shape[0]
+    layers = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("text_model.encoder.layers."))
+    inner = state["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]
+    config = CLIPTextConfig(
+        vocab_size=vocab,
+        hidden_size=width,
+        intermediate_size=inner,
+        num_hidden_layers=layers,
+        num_attention_heads=heads or max(1, width // 64),
+        max_position_embeddings=positions,
+        hidden_act="quick_gelu",
+        eos_token_id=eos,  # only the pooled output reads it; the context does not
+    )
+    model = CLIPTextModel(config)
+    if not hasattr(model, "text_model"):  # transformers 5 dropped the text_model wrapper
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    _strict_load(model, state, "text encoder", path)
+    return model
+
+
+def _tokenizer(source: str | Path | None, path: Path) -> tuple[Any, int]:
+    from transformers import CLIPTokenizer
+
+    try:
+        if source is not None:
+            tokenizer = CLIPTokenizer.from_pretrained(str(source), local_files_only=True)
+        else:
+            tokenizer = CLIPTokenizer.from_pretrained(SD1_CLIP_TOKENIZER, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        where = f"'{source}'" if source is not None else f"the Hugging Face cache ({SD1_CLIP_TOKENIZER})"
+        raise CheckpointError(
+            path,
+            f"no CLIP tokenizer found in {where} ({type(exc).__name__}). Give [model] tokenizer = a folder with "
+            "vocab.json and merges.txt; a WebUI that has run SD 1.x keeps one under "
+            "~/.cache/huggingface/hub/models--openai--clip-vit-large-patch14/snapshots/.",
+        ) from None
+
+    def tokenize(texts: list[str]) -> torch.Tensor:
+        batch = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        return batch.input_ids
+
+    return tokenize, int(tokenizer.eos_token_id)

@@ -1,0 +1,84 @@
+"""Sampling with and without VMix during training (the sample grids) and in the toy demo: DDIM with CFG."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+from vmix_ext.adapter import Strengths, VMixAdapter
+from vmix_ext.hooks import ValueMixer
+from vmix_ext.mixing import MixOptions
+from vmix_train.model import BaseModel
+
+
+@torch.no_grad()
+def sample(
+    base: BaseModel,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    size: int,
+    *,
+    adapter: VMixAdapter | None = None,
+    strengths: Strengths = None,
+    scale: float = 1.0,
+    steps: int = 25,
+    guidance: float = 7.5,
+    negative_prompt: str = "",
+) -> torch.Tensor:
+    """Images in [-1, 1], (len(prompts), 3, size, size); one seed per prompt (the same noise with VMix off and on).
+
+    With ``adapter`` every row, conditional and unconditional, gets λ·V_a (the paper's formula, the extension's
+    default). ``guidance`` 1 skips the unconditional pass.
+    """
+    from diffusers import DDIMScheduler
+
+    if len(prompts) != len(seeds):
+        raise ValueError("one seed per prompt")
+    device = base.device
+    scheduler = DDIMScheduler.from_config(base.scheduler.config, clip_sample=False, set_alpha_to_one=False)
+    scheduler.set_timesteps(steps)
+    side = size // base.latent_scale
+    noise = [
+        torch.randn(base.latent_channels, side, side, generator=torch.Generator().manual_seed(int(seed)))
+        for seed in seeds
+    ]
+    latents = torch.stack(noise).to(device, base.dtype) * scheduler.init_noise_sigma
+    context = base.encode_text(list(prompts)).to(base.dtype)
+    if guidance != 1:
+        uncond = base.encode_text([negative_prompt] * len(prompts)).to(base.dtype)
+        context = torch.cat([uncond, context])
+    mixer = None
+    if adapter is not None:
+        values = {k: v.detach() for k, v in adapter.aesthetic_values(strengths, torch.float32).items()}
+        mixer = ValueMixer(values, MixOptions(scale=scale))
+        mixer.attach(base.unet)
+    try:
+        for t in scheduler.timesteps:
+            model_input = torch.cat([latents, latents]) if guidance != 1 else latents
+            prediction = base.unet(model_input, t, encoder_hidden_states=context).sample
+            if guidance != 1:
+                uncond_pred, cond_pred = prediction.chunk(2)
+                prediction = uncond_pred + guidance * (cond_pred - uncond_pred)
+            latents = scheduler.step(prediction, t, latents).prev_sample
+    finally:
+        if mixer is not None:
+            mixer.close()
+    return base.decode(latents)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    return [Image.fromarray(row.numpy()) for row in pixels]
+
+
+def grid(columns: Sequence[torch.Tensor], gap: int = 2) -> Image.Image:
+    """One column per tensor (each (rows, 3, H, W)), rows side by side, with a white gap."""
+    tiles = [to_pil(column) for column in columns]
+    rows, width, height = len(tiles[0]), tiles[0][0].width, tiles[0][0].height
+    sheet = Image.new("RGB", (len(tiles) * (width + gap) - gap, rows * (height + gap) - gap), "white")
+    for c, column in enumerate(tiles):
+        for r, tile in enumerate(column):
+            sheet.paste(tile, (c * (width + gap), r * (height + gap)))
+    return sheet

@@ -1,0 +1,109 @@
+"""The resumable training state: trainable weights, optimizer moments, random generators, loss history, step.
+
+Stored as one safetensors file (no pickle, like every file this project reads), written to a temporary name and
+renamed into place, so a run killed while saving keeps the previous state intact. Non-tensor parts (the step,
+the optimizer's hyperparameters, the run's fingerprint) go in the header's metadata as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+STATE_FILE = "training-state.safetensors"
+STATE_FORMAT = "vmix-training-state"
+
+
+class StateError(ValueError):
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        super().__init__(f"training state '{path}': {problem}")
+
+
+@dataclass
+class TrainingState:
+    step: int  # optimizer steps done
+    weights: dict[str, torch.Tensor]  # the trainable parameters by name
+    optimizer: dict[str, Any]  # torch.optim.Optimizer.state_dict()
+    generators: dict[str, torch.Tensor]  # name -> torch.Generator.get_state()
+    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    fingerprint: dict[str, Any] = field(default_factory=dict)  # what must not change between a run and its resume
+
+
+def save_state(state: TrainingState, path: str | Path) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    for name, value in state.weights.items():
+        tensors[f"weight.{name}"] = value
+    optimizer_meta: dict[str, Any] = {"param_groups": state.optimizer["param_groups"], "scalars": {}}
+    for index, slots in state.optimizer["state"].items():
+        for slot, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{slot}"] = value
+            else:  # e.g. a plain-number step counter in some optimizers
+                optimizer_meta["scalars"].setdefault(str(index), {})[slot] = value
+    for name, value in state.generators.items():
+        tensors[f"rng.{name}"] = value
+    tensors["loss.history"] = torch.tensor(state.losses, dtype=torch.float64)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    metadata = {
+        "format": STATE_FORMAT,
+        "step": str(state.step),
+        "optimizer": json.dumps(optimizer_meta),
+        "fingerprint": json.dumps(state.fingerprint, sort_keys=True),
+    }
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_state(path: str | Path) -> TrainingState:
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise StateError(path, f"cannot be read ({exc}); delete it to start the run afresh") from None
+    if metadata.get("format") != STATE_FORMAT:
+        raise StateError(path, "is not a VMix training state")
+    try:
+        step = int(metadata["step"])
+        optimizer_meta = json.loads(metadata["optimizer"])
+        fingerprint = json.loads(metadata["fingerprint"])
+    except (KeyError, ValueError) as exc:
+        raise StateError(path, f"has a damaged header ({exc!r}); delete it to start the run afresh") from None
+    weights: dict[str, torch.Tensor] = {}
+    generators: dict[str, torch.Tensor] = {}
+    optim_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        kind, _, rest = key.partition(".")
+        if kind == "weight":
+            weights[rest] = value
+        elif kind == "rng":
+            generators[rest] = value
+        elif kind == "optim":
+            index, _, slot = rest.partition(".")
+            optim_state.setdefault(int(index), {})[slot] = value
+    for index, scalars in optimizer_meta.get("scalars", {}).items():
+        optim_state.setdefault(int(index), {}).update(scalars)
+    losses = tensors.get("loss.history", torch.zeros(0)).tolist()
+    optimizer = {"state": optim_state, "param_groups": optimizer_meta["param_groups"]}
+    return TrainingState(step, weights, optimizer, generators, losses, fingerprint)
+
+
+def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """The settings a resumed run may not change, with their saved and current values."""
+    return [
+        f"{key}: {saved.get(key)!r} in the saved run, {current.get(key)!r} now"
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key) != current.get(key)
+    ]
