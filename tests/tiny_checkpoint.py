@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-CONTEXT_DIM = 64
+CONTEXT_DIM = 768  # SD 1.x's width, so the family is recognised as it is for real checkpoints
 _LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 UNET_PARAMS = {
     "image_size": 8,
@@ -78,7 +78,7 @@ class TinyLdmModel(nn.Module):
                 hidden_size=CONTEXT_DIM,
                 intermediate_size=128,
                 num_hidden_layers=3,
-                num_attention_heads=1,
+                num_attention_heads=12,
                 max_position_embeddings=77,
                 hidden_act="quick_gelu",
                 bos_token_id=tokenizer_vocab()["<|startoftext|>"],

@@ -108,8 +108,8 @@ def load_single_file(
     params = config["model"]["params"]
     unet = _load_unet(checkpoint, config, path)
     vae = _load_vae(checkpoint, config, path)
-    tokenize, eos = _tokenizer(tokenizer, path)
-    text_encoder = _load_clip(checkpoint, path, text_encoder_heads, eos)
+    tokenize, bos, eos = _tokenizer(tokenizer, path)
+    text_encoder = _load_clip(checkpoint, path, text_encoder_heads, bos, eos)
     scheduler = noise_schedule(params)
     base = BaseModel(
         unet=unet,
@@ -184,7 +184,11 @@ def _original_config(source: str | Path | dict[str, Any] | None, path: Path) -> 
 
 
 def _strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], part: str, path: Path) -> None:
-    result = module.load_state_dict(state, strict=False)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that differ from the config's
+        detail = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
+        raise CheckpointError(path, f"its {part} does not match the model config ({detail})") from None
     missing = list(result.missing_keys)
     unexpected = [k for k in result.unexpected_keys if not k.endswith("position_ids")]
     if missing or unexpected:
@@ -224,7 +228,9 @@ def _load_vae(checkpoint: dict[str, torch.Tensor], config: dict[str, Any], path:
     return vae
 
 
-def _load_clip(checkpoint: dict[str, torch.Tensor], path: Path, heads: int | None, eos: int) -> torch.nn.Module:
+def _load_clip(
+    checkpoint: dict[str, torch.Tensor], path: Path, heads: int | None, bos: int, eos: int
+) -> torch.nn.Module:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     state = {k[len(_CLIP_PREFIX) :]: v for k, v in checkpoint.items() if k.startswith(_CLIP_PREFIX)}
@@ -240,6 +246,7 @@ def _load_clip(checkpoint: dict[str, torch.Tensor], path: Path, heads: int | Non
         num_attention_heads=heads or max(1, width // 64),
         max_position_embeddings=positions,
         hidden_act="quick_gelu",
+        bos_token_id=bos,
         eos_token_id=eos,  # only the pooled output reads it; the context does not
     )
     model = CLIPTextModel(config)
@@ -249,14 +256,19 @@ def _load_clip(checkpoint: dict[str, torch.Tensor], path: Path, heads: int | Non
     return model
 
 
-def _tokenizer(source: str | Path | None, path: Path) -> tuple[Any, int]:
+def _tokenizer(source: str | Path | None, path: Path) -> tuple[Any, int, int]:
     from transformers import CLIPTokenizer
 
     try:
         if source is not None:
+            files = {p.name for p in Path(source).iterdir()} if Path(source).is_dir() else set()
+            if not ({"vocab.json", "merges.txt"} <= files or "tokenizer.json" in files):
+                raise OSError("vocab.json and merges.txt are not there")
             tokenizer = CLIPTokenizer.from_pretrained(str(source), local_files_only=True)
         else:
             tokenizer = CLIPTokenizer.from_pretrained(SD1_CLIP_TOKENIZER, local_files_only=True)
+        if tokenizer.eos_token_id is None or len(tokenizer) < 3:  # an empty vocabulary loads without complaint
+            raise ValueError("the tokenizer has no vocabulary")
     except (OSError, ValueError) as exc:
         where = f"'{source}'" if source is not None else f"the Hugging Face cache ({SD1_CLIP_TOKENIZER})"
         raise CheckpointError(
@@ -270,4 +282,4 @@ def _tokenizer(source: str | Path | None, path: Path) -> tuple[Any, int]:
         batch = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         return batch.input_ids
 
-    return tokenize, int(tokenizer.eos_token_id)
+    return tokenize, int(tokenizer.bos_token_id), int(tokenizer.eos_token_id)

@@ -97,7 +97,9 @@ class Trainer:
         positive, negative = aesthetic_embeddings(
             config.dimensions, base.tokenize, base.text_encoder, base.eos_token_id, base.clip_skip
         )
-        self.adapter = VMixAdapter.untrained(base.unet, config.dimensions, positive, negative, base.family)
+        with torch.random.fork_rng(devices=[]):  # F's initial weights come from the run's seed: runs repeat
+            torch.manual_seed(self.options.seed)
+            self.adapter = VMixAdapter.untrained(base.unet, config.dimensions, positive, negative, base.family)
         self.adapter.to(self.device, torch.float32)
         self.step_fn = VMixTrainingStep(base.unet, self.adapter, base.scheduler)
         self.trainable = {name: p for name, p in self.adapter.named_parameters() if p.requires_grad}
@@ -251,8 +253,8 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.precision)
 
-    def train_step(self) -> float:
-        """One optimizer step over ``gradient_accumulation`` micro-batches; returns the mean loss."""
+    def accumulate_gradients(self) -> float:
+        """Backward over the ``gradient_accumulation`` micro-batches of the next step; returns their mean loss."""
         accumulation = self.options.gradient_accumulation
         total = 0.0
         for micro in range(accumulation):
@@ -263,6 +265,11 @@ class Trainer:
                 raise TrainingError(f"the loss became {loss.item()} at step {self.step + 1}; lower the learning rate")
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
+        return total
+
+    def train_step(self) -> float:
+        """One optimizer step; returns the step's mean loss."""
+        total = self.accumulate_gradients()
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()

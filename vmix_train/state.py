@@ -96,7 +96,11 @@ def load_state(path: str | Path) -> TrainingState:
     for index, scalars in optimizer_meta.get("scalars", {}).items():
         optim_state.setdefault(int(index), {}).update(scalars)
     losses = tensors.get("loss.history", torch.zeros(0)).tolist()
-    optimizer = {"state": optim_state, "param_groups": optimizer_meta["param_groups"]}
+    groups = optimizer_meta["param_groups"]
+    for group in groups:  # JSON has no tuples; torch's optimizers keep betas as one
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+    optimizer = {"state": optim_state, "param_groups": groups}
     return TrainingState(step, weights, optimizer, generators, losses, fingerprint)
 
 

@@ -1,0 +1,257 @@
+"""The training loop: files written, the adapter file equal to the trained module, resume after a kill equal to an
+uninterrupted run, accumulation and checkpointing that do not change the numbers, and clear refusals."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import pytest
+import torch
+from PIL import Image
+from tiny_checkpoint import TinyLdmModel, original_config, write_tokenizer
+
+import vmix_train.state as state_module
+from vmix_ext.hooks import ValueMixer
+from vmix_ext.mixing import MixOptions
+from vmix_ext.weights import load_adapter, read_header
+from vmix_train.checkpoint import load_single_file
+from vmix_train.config import load_config
+from vmix_train.dataset import load_dataset
+from vmix_train.loop import Trainer, TrainingError
+from vmix_train.state import STATE_FILE, load_state
+
+CONFIG = """
+[model]
+checkpoint = "tiny.safetensors"
+tokenizer = "tokenizer"
+
+[data]
+folder = "data"
+
+[output]
+folder = "out"
+name = "tiny-vmix"
+
+[[dimensions]]
+name = "color"
+positive = "vivid colour"
+negative = "sks1"
+
+[[dimensions]]
+name = "lighting"
+positive = "natural lighting"
+negative = "sks2"
+
+[train]
+steps = 6
+batch_size = 2
+resolution = 16
+learning_rate = 1e-3
+save_every = 2
+sample_every = 3
+sample_count = 2
+sample_steps = 2
+"""
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    TinyLdmModel().save(root / "tiny.safetensors")
+    write_tokenizer(root / "tokenizer")
+    data = root / "data"
+    data.mkdir()
+    lines = []
+    for i in range(6):
+        Image.new("RGB", (20, 16), (40 * i, 200 - 30 * i, 90)).save(data / f"{i}.png")
+        labels = {"color": i % 2 == 0, "lighting": i > 2}
+        lines.append(json.dumps({"file_name": f"{i}.png", "caption": f"a cat number {i}", "labels": labels}))
+    (data / "metadata.jsonl").write_text("\n".join(lines))
+    return root
+
+
+def make_trainer(workspace, tmp_path, **train_overrides):
+    text = CONFIG.replace('folder = "out"', f'folder = "{(tmp_path / "out").as_posix()}"')
+    config_path = workspace / f"run-{tmp_path.name}.toml"
+    config_path.write_text(text)
+    config = load_config(config_path)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, **train_overrides))
+    examples = load_dataset(config.dataset, [d.name for d in config.dimensions])
+    base = load_single_file(config.checkpoint, original_config=original_config(), tokenizer=config.tokenizer)
+    return Trainer(config, base, examples, device="cpu", progress=False, log=lambda _: None)
+
+
+def adapter_tensors(trainer):
+    return {k: v.detach().clone() for k, v in trainer.adapter.state_dict().items()}
+
+
+def test_a_run_writes_the_adapter_snapshots_samples_and_loss_curve(workspace, tmp_path):
+    trainer = make_trainer(workspace, tmp_path)
+    path = trainer.run()
+    out = tmp_path / "out"
+    assert path == out / "tiny-vmix.safetensors"
+    names = {p.name for p in out.iterdir()}
+    assert {"tiny-vmix-step000002.safetensors", "tiny-vmix-step000006.safetensors", STATE_FILE, "loss.png"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    samples = sorted(p.name for p in (out / "samples").iterdir())
+    assert samples == ["step-000003.png", "step-000006.png"]
+    with Image.open(out / "samples" / "step-000006.png") as grid:
+        assert grid.size == (2 * 16 + 2, 2 * 16 + 2)  # two rows (captions) by two columns (VMix off, on)
+    header = read_header(path)
+    assert header.training["steps"] == 6
+    assert header.training["base_checkpoint"] == "tiny.safetensors"
+    assert len(header.training["base_hash"]) == 10
+    assert [d.name for d in header.dimensions] == ["color", "lighting"]
+    assert len(trainer.losses) == 6 and all(torch.isfinite(torch.tensor(trainer.losses)))
+    assert float(trainer.adapter.zero_proj.weight.detach().abs().max()) > 0  # it learned something
+
+
+def test_the_adapter_file_gives_the_same_outputs_as_the_trained_module(workspace, tmp_path):
+    trainer = make_trainer(workspace, tmp_path, steps=3, sample_count=0)
+    loaded = load_adapter(trainer.run())
+    unet = trainer.base.unet
+    generator = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8, generator=generator), torch.tensor([100, 800])
+    context = torch.randn(2, 77, 768, generator=generator)
+    outputs = []
+    for adapter in (trainer.adapter, loaded):
+        values = {k: v.detach() for k, v in adapter.aesthetic_values({"color": 1.0, "lighting": 0.5}).items()}
+        with torch.no_grad(), ValueMixer(values, MixOptions(scale=1.3)) as mixer:
+            mixer.attach(unet)
+            outputs.append(unet(x, t, encoder_hidden_states=context).sample)
+    assert torch.equal(outputs[0], outputs[1])
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_continues_exactly(workspace, tmp_path):
+    straight = make_trainer(workspace, tmp_path / "a", sample_count=0)
+    straight.run()
+
+    killed = make_trainer(workspace, tmp_path / "b", sample_count=0)
+    saved_optimizer = {}
+
+    def kill_after_step_5(step):
+        if step == 4:  # just saved (save_every = 2): remember what the file should hold
+            saved_optimizer.update(copy.deepcopy(killed.optimizer.state_dict()))
+        if step == 5:
+            raise Killed
+
+    killed.on_step = kill_after_step_5
+    with pytest.raises(Killed):
+        killed.run()
+    assert load_state(tmp_path / "b" / "out" / STATE_FILE).step == 4
+
+    resumed = make_trainer(workspace, tmp_path / "b", sample_count=0)
+    assert resumed.resume() and resumed.step == 4
+    restored = resumed.optimizer.state_dict()
+    for index, slots in saved_optimizer["state"].items():
+        for slot, value in slots.items():
+            assert torch.equal(restored["state"][index][slot], value), (index, slot)
+    assert restored["param_groups"] == saved_optimizer["param_groups"]
+    resumed.run()
+    assert resumed.losses == straight.losses
+    for name, value in adapter_tensors(straight).items():
+        assert torch.equal(adapter_tensors(resumed)[name], value), name
+
+
+def test_a_kill_while_saving_keeps_the_previous_state(workspace, tmp_path, monkeypatch):
+    trainer = make_trainer(workspace, tmp_path, steps=2, sample_count=0)
+    trainer.run()
+    state_path = tmp_path / "out" / STATE_FILE
+    before = state_path.read_bytes()
+
+    def die(*_args):
+        raise Killed  # the temporary file is written, the rename never happens
+
+    monkeypatch.setattr(state_module.os, "replace", die)
+    trainer.step = 3
+    with pytest.raises(Killed):
+        trainer.save_checkpoint()
+    assert state_path.read_bytes() == before
+    assert load_state(state_path).step == 2
+
+
+def test_a_state_from_another_run_is_refused(workspace, tmp_path):
+    make_trainer(workspace, tmp_path, steps=2, sample_count=0).run()
+    other = make_trainer(workspace, tmp_path, steps=4, sample_count=0, batch_size=3)
+    with pytest.raises(TrainingError, match=r"different run \(batch_size: 2 in the saved run, 3 now\)"):
+        other.run()
+
+
+def gradients(trainer):
+    loss = trainer.accumulate_gradients()
+    return loss, {name: p.grad.clone() for name, p in trainer.trainable.items()}
+
+
+def assert_same_gradients(got, expected):
+    # Some gradients are zero in exact arithmetic (F's bias: the LayerNorm over d removes it) and float noise
+    # elsewhere, so the absolute tolerance is relative to the largest gradient.
+    scale = max(float(g.abs().max()) for g in expected.values())
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, atol=1e-5 * scale, rtol=1e-4, msg=name)
+
+
+def test_gradient_accumulation_matches_one_big_batch(workspace, tmp_path):
+    big = make_trainer(workspace, tmp_path / "big", batch_size=4, sample_count=0)
+    accumulated = make_trainer(workspace, tmp_path / "acc", batch_size=2, gradient_accumulation=2, sample_count=0)
+    for _ in range(2):  # the zero start, then a step with Z non-zero so that every parameter has a gradient
+        (big_loss, big_grads), (acc_loss, acc_grads) = gradients(big), gradients(accumulated)
+        assert acc_loss == pytest.approx(big_loss, rel=1e-6)
+        assert_same_gradients(acc_grads, big_grads)
+        for trainer in (big, accumulated):
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.step += 1
+    assert float(big_grads["value_projs.0.weight"].abs().max()) > 0
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(workspace, tmp_path):
+    """Checkpointing recomputes the UNet in backward; V_a reaches it through hooks, not inputs, so the non-reentrant
+    variant is needed for W_Va, F and Z to get their gradients at all."""
+    plain = make_trainer(workspace, tmp_path / "plain", sample_count=0)
+    checkpointed = make_trainer(workspace, tmp_path / "ckpt", sample_count=0, gradient_checkpointing=True)
+    assert checkpointed.base.unet.is_gradient_checkpointing and not plain.base.unet.is_gradient_checkpointing
+    for _ in range(2):
+        (plain_loss, plain_grads), (ckpt_loss, ckpt_grads) = gradients(plain), gradients(checkpointed)
+        assert ckpt_loss == pytest.approx(plain_loss, rel=1e-6)
+        assert_same_gradients(ckpt_grads, plain_grads)
+        for trainer in (plain, checkpointed):
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.step += 1
+    assert float(plain_grads["value_projs.0.weight"].abs().max()) > 0
+
+
+def test_bf16_mixed_precision_trains_fp32_weights(workspace, tmp_path):
+    trainer = make_trainer(workspace, tmp_path, steps=2, sample_count=1, sample_every=2, mixed_precision="bf16")
+    path = trainer.run()
+    assert trainer.base.unet.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in trainer.trainable.values())
+    assert all(torch.isfinite(torch.tensor(trainer.losses)))
+    assert read_header(path).training["steps"] == 2
+
+
+def test_fp16_without_a_gpu_is_refused(workspace, tmp_path):
+    with pytest.raises(TrainingError, match='"fp16" needs a CUDA GPU; use "bf16"'):
+        make_trainer(workspace, tmp_path, mixed_precision="fp16")
+
+
+def test_caption_dropout_empties_that_share_of_captions(workspace, tmp_path):
+    trainer = make_trainer(workspace, tmp_path, caption_dropout=0.5, batch_size=6)
+    seen: list[str] = []
+    encode = trainer.base.encode_text
+    trainer.base.encode_text = lambda captions: (seen.extend(captions), encode(captions))[1]
+    for step in range(20):
+        trainer.batch(step, 0)
+    empty = seen.count("")
+    assert 0.35 < empty / len(seen) < 0.65
+    again: list[str] = []
+    trainer.base.encode_text = lambda captions: (again.extend(captions), encode(captions))[1]
+    for step in range(20):
+        trainer.batch(step, 0)
+    assert again == seen  # the same positions drop the same captions, so a resumed run sees the same data
