@@ -20,6 +20,7 @@ from vmix_train.checkpoint import load_single_file
 from vmix_train.config import load_config
 from vmix_train.dataset import load_dataset
 from vmix_train.loop import Trainer, TrainingError
+from vmix_train.lora import LoraSet, read_lora_file
 from vmix_train.state import STATE_FILE, load_state
 
 CONFIG = """
@@ -128,11 +129,12 @@ class Killed(Exception):
     pass
 
 
-def test_resume_after_a_kill_continues_exactly(workspace, tmp_path):
-    straight = make_trainer(workspace, tmp_path / "a", sample_count=0)
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_resume_after_a_kill_continues_exactly(workspace, tmp_path, lora_rank):
+    straight = make_trainer(workspace, tmp_path / "a", sample_count=0, lora_rank=lora_rank)
     straight.run()
 
-    killed = make_trainer(workspace, tmp_path / "b", sample_count=0)
+    killed = make_trainer(workspace, tmp_path / "b", sample_count=0, lora_rank=lora_rank)
     saved_optimizer = {}
 
     def kill_after_step_5(step):
@@ -146,7 +148,7 @@ def test_resume_after_a_kill_continues_exactly(workspace, tmp_path):
         killed.run()
     assert load_state(tmp_path / "b" / "out" / STATE_FILE).step == 4
 
-    resumed = make_trainer(workspace, tmp_path / "b", sample_count=0)
+    resumed = make_trainer(workspace, tmp_path / "b", sample_count=0, lora_rank=lora_rank)
     assert resumed.resume() and resumed.step == 4
     restored = resumed.optimizer.state_dict()
     for index, slots in saved_optimizer["state"].items():
@@ -155,8 +157,9 @@ def test_resume_after_a_kill_continues_exactly(workspace, tmp_path):
     assert restored["param_groups"] == saved_optimizer["param_groups"]
     resumed.run()
     assert resumed.losses == straight.losses
-    for name, value in adapter_tensors(straight).items():
-        assert torch.equal(adapter_tensors(resumed)[name], value), name
+    assert len(resumed.trainable) == len(straight.trainable) > (13 if lora_rank else 12)
+    for name, value in straight.trainable.items():
+        assert torch.equal(resumed.trainable[name], value), name
 
 
 def test_a_kill_while_saving_keeps_the_previous_state(workspace, tmp_path, monkeypatch):
@@ -179,7 +182,7 @@ def test_a_kill_while_saving_keeps_the_previous_state(workspace, tmp_path, monke
 def test_a_state_from_another_run_is_refused(workspace, tmp_path):
     make_trainer(workspace, tmp_path, steps=2, sample_count=0).run()
     other = make_trainer(workspace, tmp_path, steps=4, sample_count=0, batch_size=3)
-    with pytest.raises(TrainingError, match=r"different run \(batch_size: 2 in the saved run, 3 now\)"):
+    with pytest.raises(TrainingError, match=r"different run \(global_batch: 2 in the saved run, 3 now\)"):
         other.run()
 
 
@@ -207,7 +210,7 @@ def test_gradient_accumulation_matches_one_big_batch(workspace, tmp_path):
             trainer.optimizer.step()
             trainer.optimizer.zero_grad(set_to_none=True)
             trainer.step += 1
-    assert float(big_grads["value_projs.0.weight"].abs().max()) > 0
+    assert float(big_grads["adapter.value_projs.0.weight"].abs().max()) > 0
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(workspace, tmp_path):
@@ -224,7 +227,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(workspace, tmp_path):
             trainer.optimizer.step()
             trainer.optimizer.zero_grad(set_to_none=True)
             trainer.step += 1
-    assert float(plain_grads["value_projs.0.weight"].abs().max()) > 0
+    assert float(plain_grads["adapter.value_projs.0.weight"].abs().max()) > 0
 
 
 def test_bf16_mixed_precision_trains_fp32_weights(workspace, tmp_path):
@@ -255,3 +258,18 @@ def test_caption_dropout_empties_that_share_of_captions(workspace, tmp_path):
     for step in range(20):
         trainer.batch(step, 0)
     assert again == seen  # the same positions drop the same captions, so a resumed run sees the same data
+
+
+def test_a_lora_is_trained_alongside_and_saved_as_a_standard_lora_file(workspace, tmp_path):
+    trainer = make_trainer(workspace, tmp_path, steps=2, save_every=1, sample_count=0, lora_rank=2)
+    trainer.run()
+    out = tmp_path / "out"
+    assert {"tiny-vmix-lora.safetensors", "tiny-vmix-lora-step000001.safetensors"} <= {p.name for p in out.iterdir()}
+    assert trainer.lora is not None and trainer.lora.attached_unet is None  # the hooks are gone after the run
+    loaded = LoraSet.load(out / "tiny-vmix-lora.safetensors", trainer.base.unet)
+    for name, pair in trainer.lora.pairs().items():
+        assert float(pair.lora_up.weight.detach().abs().max()) > 0, name  # up starts at zero: it has learned
+        torch.testing.assert_close(loaded.pair(name).lora_up.weight, pair.lora_up.weight.detach().half().float())
+    _, metadata = read_lora_file(out / "tiny-vmix-lora.safetensors")
+    assert metadata["ss_network_module"] == "networks.lora" and metadata["ss_network_dim"] == "2"
+    assert metadata["vmix_adapter"] == "tiny-vmix.safetensors"

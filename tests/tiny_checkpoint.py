@@ -44,8 +44,9 @@ VAE_PARAMS = {
 }
 
 
-def original_config(parameterization: str = "eps") -> dict:
-    """The ldm YAML of the tiny model, as a dict (the shape of configs/v1-inference.yaml)."""
+def original_config(parameterization: str = "eps", unet_params: dict | None = None) -> dict:
+    """The ldm YAML of the tiny model, as a dict (the shape of configs/v1-inference.yaml). ``unet_params``: the
+    UNet's, when the model was built with other ones."""
     return {
         "model": {
             "params": {
@@ -54,7 +55,7 @@ def original_config(parameterization: str = "eps") -> dict:
                 "timesteps": 1000,
                 "scale_factor": 0.18215,
                 "parameterization": parameterization,
-                "unet_config": {"params": dict(UNET_PARAMS)},
+                "unet_config": {"params": dict(unet_params or UNET_PARAMS)},
                 "first_stage_config": {"params": {"embed_dim": 4, "ddconfig": dict(VAE_PARAMS)}},
             }
         }
@@ -64,10 +65,10 @@ def original_config(parameterization: str = "eps") -> dict:
 class TinyLdmModel(nn.Module):
     """The parts of an ldm LatentDiffusion a WebUI checkpoint stores, under the same names."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, unet_params: dict | None = None) -> None:
         super().__init__()
         torch.manual_seed(seed)
-        self.unet = UNetModel(**UNET_PARAMS)
+        self.unet = UNetModel(**(unet_params or UNET_PARAMS))  # other params: e.g. SD's 2 ResNets per level
         self.encoder = Encoder(**VAE_PARAMS)
         self.decoder = Decoder(**VAE_PARAMS)
         self.quant_conv = nn.Conv2d(8, 8, 1)

@@ -144,6 +144,10 @@ class VMixAdapter(nn.Module):
         )
         return F.linear(normed, _cast(self.zero_proj.weight, dtype), _cast(self.zero_proj.bias, dtype))
 
+    def forward(self, strengths: Strengths) -> dict[str, torch.Tensor]:
+        """V_a per layer; the module call, so wrappers such as DistributedDataParallel see the computation."""
+        return self.aesthetic_values(strengths)
+
     def aesthetic_values(self, strengths: Strengths, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """V_a = W_Va·f_a for every layer, shape (..., C, inner)."""
         f_a = self.aesthetic_context(strengths, dtype)

@@ -34,6 +34,7 @@ class TrainingOptions:
     steps: int = 2000
     batch_size: int = 4
     gradient_accumulation: int = 1
+    global_batch_size: int = 0  # images per optimizer step over all processes; 0 = batch × accumulation × processes
     learning_rate: float = 1e-4
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -181,6 +182,7 @@ def _training_options(section: Any, problems: list[str]) -> TrainingOptions | No
         "steps": lambda v: v >= 1,
         "batch_size": lambda v: v >= 1,
         "gradient_accumulation": lambda v: v >= 1,
+        "global_batch_size": lambda v: v >= 0,
         "learning_rate": lambda v: 0 < v < 1,
         "adam_beta1": lambda v: 0 <= v < 1,
         "adam_beta2": lambda v: 0 <= v < 1,

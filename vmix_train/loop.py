@@ -22,7 +22,9 @@ from vmix_ext.adapter import VMixAdapter
 from vmix_ext.weights import save_adapter
 from vmix_train.config import RunConfig
 from vmix_train.dataset import Example
+from vmix_train.distributed import World, barrier, mean_across
 from vmix_train.embeddings import aesthetic_embeddings
+from vmix_train.lora import LoraSet, webui_layout_problem
 from vmix_train.model import BaseModel
 from vmix_train.plot import save_loss_curve
 from vmix_train.sampling import grid, sample
@@ -35,6 +37,20 @@ _STREAMS = {"order": 1, "dropout": 2, "noise": 3, "latent": 4}  # separate seeds
 
 class TrainingError(RuntimeError):
     pass
+
+
+class Trainables(torch.nn.Module):
+    """Everything the run trains, in one module: the adapter, and the LoRA when there is one. Calling it gives V_a
+    (the LoRA acts through its hooks inside the UNet), so DistributedDataParallel can wrap this one module and
+    average all its gradients."""
+
+    def __init__(self, adapter: VMixAdapter, lora: LoraSet | None) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.lora = lora
+
+    def forward(self, strengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.adapter(strengths)
 
 
 def stream(seed: int, kind: str, index: int) -> torch.Generator:
@@ -60,7 +76,8 @@ class Trainer:
     """Trains one VMix adapter on ``base`` (frozen) from ``examples``; ``run()`` writes the files to the output folder.
 
     Output folder: ``<name>.safetensors`` (the adapter, for models/VMix), ``<name>-step<N>.safetensors`` snapshots,
-    ``training-state.safetensors`` (for resuming), ``samples/step-<N>.png`` (VMix off | on), ``loss.png``.
+    ``training-state.safetensors`` (for resuming), ``samples/step-<N>.png`` (VMix off | on), ``loss.png``; with
+    ``lora_rank`` > 0 also ``<name>-lora.safetensors`` (a standard LoRA file, for models/Lora) and its snapshots.
     """
 
     def __init__(
@@ -72,14 +89,17 @@ class Trainer:
         device: str | torch.device | None = None,
         progress: bool = True,
         log: Callable[[str], None] = print,
+        world: World | None = None,
     ) -> None:
         self.config = config
         self.options = config.train
         self.base = base
         self.examples = list(examples)
-        self.progress = progress
-        self.log = log
+        self.world = world or World()
+        self.progress = progress and self.world.is_main
+        self.log = log if self.world.is_main else (lambda _message: None)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.accumulation = self._accumulation()
         self.precision = PRECISION[self.options.mixed_precision]
         if self.precision is torch.float16 and self.device.type != "cuda":
             raise TrainingError('mixed_precision = "fp16" needs a CUDA GPU; use "bf16" or "no" on this device')
@@ -101,8 +121,24 @@ class Trainer:
             torch.manual_seed(self.options.seed)
             self.adapter = VMixAdapter.untrained(base.unet, config.dimensions, positive, negative, base.family)
         self.adapter.to(self.device, torch.float32)
-        self.step_fn = VMixTrainingStep(base.unet, self.adapter, base.scheduler)
-        self.trainable = {name: p for name, p in self.adapter.named_parameters() if p.requires_grad}
+        self.lora: LoraSet | None = None
+        if self.options.lora_rank:
+            self.lora = LoraSet(base.unet, self.options.lora_rank, seed=self.options.seed).to(self.device)
+            self.lora.attach(base.unet)
+            problem = webui_layout_problem(base.unet)
+            if problem:
+                self.log(f"[VMix] warning: {problem}")
+        self.trainables = Trainables(self.adapter, self.lora)
+        self.wrapped: torch.nn.Module | None = None
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # DDP averages the gradients over the processes during backward (the adapter's buffers, AesEmb, are
+            # the same everywhere and never change, so they are not re-broadcast).
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(self.trainables, device_ids=device_ids, broadcast_buffers=False)
+        self.step_fn = VMixTrainingStep(base.unet, self.adapter, base.scheduler, self.wrapped)
+        self.trainable = {name: p for name, p in self.trainables.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(
             list(self.trainable.values()),
             lr=self.options.learning_rate,
@@ -116,6 +152,23 @@ class Trainer:
         self._latents: dict[int, torch.Tensor] = {}
         self.on_step: Callable[[int], None] | None = None  # called after each optimizer step (tests, monitors)
 
+    def _accumulation(self) -> int:
+        """Micro-batches per optimizer step in each process: from the global batch size when the config gives one."""
+        o, processes = self.options, self.world.size
+        if not o.global_batch_size:
+            return o.gradient_accumulation
+        per_round = o.batch_size * processes
+        if o.global_batch_size % per_round:
+            raise TrainingError(
+                f"global_batch_size {o.global_batch_size} is not a multiple of batch_size {o.batch_size} × "
+                f"{processes} process(es) = {per_round}; change one of them"
+            )
+        return o.global_batch_size // per_round
+
+    @property
+    def global_batch(self) -> int:
+        return self.options.batch_size * self.accumulation * self.world.size
+
     # -- files -------------------------------------------------------------------------------------------------
 
     @property
@@ -126,6 +179,25 @@ class Trainer:
     def adapter_path(self) -> Path:
         return self.output_dir / f"{self.config.adapter_name}.safetensors"
 
+    @property
+    def lora_path(self) -> Path:
+        return self.output_dir / f"{self.config.adapter_name}-lora.safetensors"
+
+    def save_lora(self, path: Path) -> None:
+        if self.lora is None:
+            return
+        self.lora.save(
+            path,
+            {
+                "ss_output_name": path.stem,
+                "ss_sd_model_name": self.base.name,
+                "ss_resolution": f"({self.options.resolution}, {self.options.resolution})",
+                "ss_clip_skip": str(self.base.clip_skip),
+                "ss_steps": str(self.step),
+                "vmix_adapter": self.adapter_path.name,  # the VMix adapter trained together with this LoRA
+            },
+        )
+
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
         o = self.options
@@ -133,8 +205,7 @@ class Trainer:
             "base": self.base.hash or self.base.name,
             "dimensions": [d.__dict__ for d in self.config.dimensions],
             "images": len(self.examples),
-            "batch_size": o.batch_size,
-            "gradient_accumulation": o.gradient_accumulation,
+            "global_batch": self.global_batch,  # how it is split over processes and micro-batches may change
             "resolution": o.resolution,
             "seed": o.seed,
             "lora_rank": o.lora_rank,
@@ -150,17 +221,20 @@ class Trainer:
             "base_hash": self.base.hash,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
             "images": len(self.examples),
-            "batch_size": o.batch_size * o.gradient_accumulation,
+            "batch_size": self.global_batch,
             "learning_rate": o.learning_rate,
             "resolution": o.resolution,
             "clip_skip": self.base.clip_skip,
         }
 
     def save_checkpoint(self) -> None:
-        """The adapter snapshot, then the training state; each written atomically."""
+        """The adapter snapshot, then the training state; each written atomically, by the main process only."""
+        if not self.world.is_main:
+            return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         snapshot = self.output_dir / f"{self.config.adapter_name}-step{self.step:06d}.safetensors"
         save_adapter(self.adapter, snapshot, self.training_facts())
+        self.save_lora(self.output_dir / f"{self.config.adapter_name}-lora-step{self.step:06d}.safetensors")
         state = TrainingState(
             step=self.step,
             weights={name: p.detach() for name, p in self.trainable.items()},
@@ -220,9 +294,12 @@ class Trainer:
         return cached
 
     def batch(self, step: int, micro: int) -> Batch:
-        """Micro-batch ``micro`` of optimizer step ``step``."""
+        """This process's micro-batch ``micro`` of optimizer step ``step``. Step s covers the stream positions
+        [s·G, (s+1)·G) for the global batch G, whatever the number of processes, so runs with 1 or n processes and
+        the same G see the same images with the same noise."""
         o = self.options
-        first = (step * o.gradient_accumulation + micro) * o.batch_size
+        chunk = micro * self.world.size + self.world.rank
+        first = step * self.global_batch + chunk * o.batch_size
         positions = range(first, first + o.batch_size)
         indices = [self.example_index(p) for p in positions]
         captions = []
@@ -255,17 +332,23 @@ class Trainer:
 
     def accumulate_gradients(self) -> float:
         """Backward over the ``gradient_accumulation`` micro-batches of the next step; returns their mean loss."""
-        accumulation = self.options.gradient_accumulation
+        accumulation = self.accumulation
         total = 0.0
         for micro in range(accumulation):
             batch = self.batch(self.step, micro)
-            with self.autocast():
-                loss = self.step_fn.loss(batch) / accumulation
-            if not torch.isfinite(loss):
-                raise TrainingError(f"the loss became {loss.item()} at step {self.step + 1}; lower the learning rate")
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            last = micro == accumulation - 1
+            # DDP averages gradients across processes once per step, on the last micro-batch's backward.
+            sync = contextlib.nullcontext() if last or self.wrapped is None else self.wrapped.no_sync()
+            with sync:
+                with self.autocast():
+                    loss = self.step_fn.loss(batch) / accumulation
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"the loss became {loss.item()} at step {self.step + 1}; lower the learning rate"
+                    )
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.item()
-        return total
+        return mean_across(total, self.world, self.device)
 
     def train_step(self) -> float:
         """One optimizer step; returns the step's mean loss."""
@@ -293,7 +376,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{sum(self.losses[-20:]) / len(self.losses[-20:]):.4f}")
                 if self.step % o.save_every == 0 or self.step == o.steps:
                     self.save_checkpoint()
-                if o.sample_count and self.step % o.sample_every == 0:
+                if o.sample_count and self.step % o.sample_every == 0 and self.world.is_main:
                     self.save_samples()
                 if self.on_step is not None:
                     self.on_step(self.step)
@@ -301,9 +384,16 @@ class Trainer:
         finally:
             bar.close()
             self.step_fn.close()
-        save_adapter(self.adapter, self.adapter_path, self.training_facts())
-        save_loss_curve(self.losses, self.output_dir / "loss.png")
-        self.log(f"[VMix] adapter written to {self.adapter_path}; copy it into the WebUI's models/VMix folder")
+            if self.lora is not None:
+                self.lora.detach()
+        if self.world.is_main:
+            save_adapter(self.adapter, self.adapter_path, self.training_facts())
+            save_loss_curve(self.losses, self.output_dir / "loss.png")
+            self.log(f"[VMix] adapter written to {self.adapter_path}; copy it into the WebUI's models/VMix folder")
+            if self.lora is not None:
+                self.save_lora(self.lora_path)
+                self.log(f"[VMix] LoRA written to {self.lora_path}; copy it into models/Lora, use it with the adapter")
+        barrier(self.world)
         return self.adapter_path
 
     def save_samples(self) -> Path:

@@ -30,9 +30,12 @@ class VMixTrainingStep:
     ``unet`` is a diffusers ``UNet2DConditionModel`` (its layers are found by their ldm paths); it is frozen here.
     """
 
-    def __init__(self, unet: nn.Module, adapter: VMixAdapter, scheduler: Any) -> None:
+    def __init__(self, unet: nn.Module, adapter: VMixAdapter, scheduler: Any, wrapped: nn.Module | None = None) -> None:
         self.unet = unet.requires_grad_(False)
         self.adapter = adapter.requires_grad_(True)
+        # ``wrapped``: the adapter inside DistributedDataParallel; V_a is computed by calling it, so DDP
+        # averages the gradients across processes.
+        self.values_module: nn.Module = wrapped if wrapped is not None else adapter
         self.scheduler = scheduler
         self.prediction_type = scheduler.config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction"):
@@ -51,7 +54,7 @@ class VMixTrainingStep:
             timesteps = torch.randint(0, steps, (latents.shape[0],), generator=generator)
         noise, timesteps = noise.to(latents.device, latents.dtype), timesteps.to(latents.device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        values = self.adapter.aesthetic_values(batch.strengths)  # (B, C, inner) per layer, with autograd
+        values = self.values_module(batch.strengths)  # (B, C, inner) per layer, with autograd
         if self._mixer is None:
             self._mixer = ValueMixer(values, MixOptions(scale=1.0))
             self._mixer.attach(self.unet)
