@@ -37,6 +37,7 @@ from einops import rearrange
 from helpers import SD15_UNET_CONFIG, literal_eq9_forward
 from ldm.modules.attention import BasicTransformerBlock, SpatialTransformer
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
+from machine import cpu_model, cpu_seconds
 from torch import nn
 
 from vmix_ext.adapter import Dimension, VMixAdapter
@@ -253,29 +254,6 @@ def hook_cost(variants: Variants, context: torch.Tensor, loops: int) -> float:
 
 def median_ms(seconds: list[float]) -> float:
     return statistics.median(seconds) * 1000
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
-def cpu_seconds() -> tuple[float, float]:
-    """(busy CPU seconds of the whole machine, CPU seconds of this process) so far."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-    except (OSError, ValueError, IndexError):
-        busy = float("nan")
-    own = os.times()
-    return busy, own.user + own.system
 
 
 def log(message: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import sys
 
 import pytest
 import torch
@@ -273,3 +274,9 @@ def test_a_lora_is_trained_alongside_and_saved_as_a_standard_lora_file(workspace
     _, metadata = read_lora_file(out / "tiny-vmix-lora.safetensors")
     assert metadata["ss_network_module"] == "networks.lora" and metadata["ss_network_dim"] == "2"
     assert metadata["vmix_adapter"] == "tiny-vmix.safetensors"
+
+
+def test_the_8bit_optimizer_without_bitsandbytes_says_what_to_install(workspace, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
+    with pytest.raises(TrainingError, match=r'"adamw8bit" needs the bitsandbytes package \(pip install bitsandbytes\)'):
+        make_trainer(workspace, tmp_path, optimizer="adamw8bit")

@@ -15,6 +15,7 @@ else:  # Python 3.10, as A1111 ships: the same parser from PyPI (requirements-tr
 from vmix_ext.adapter import Dimension
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw8bit")
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,7 @@ class TrainingOptions:
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
     weight_decay: float = 1e-2
+    optimizer: str = "adamw"  # or "adamw8bit": bitsandbytes' 8-bit AdamW (pip install bitsandbytes; CUDA)
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     caption_dropout: float = 0.0
@@ -189,6 +191,7 @@ def _training_options(section: Any, problems: list[str]) -> TrainingOptions | No
         "adam_epsilon": lambda v: v > 0,
         "weight_decay": lambda v: v >= 0,
         "mixed_precision": lambda v: v in MIXED_PRECISION,
+        "optimizer": lambda v: v in OPTIMIZERS,
         "caption_dropout": lambda v: 0 <= v < 1,
         "lora_rank": lambda v: v >= 0,
         "save_every": lambda v: v >= 1,
@@ -200,7 +203,9 @@ def _training_options(section: Any, problems: list[str]) -> TrainingOptions | No
     }
     for name, ok in checks.items():
         if name in values and not ok(values[name]):
-            accepted = f"one of {MIXED_PRECISION}" if name == "mixed_precision" else "a value in range"
+            accepted = {"mixed_precision": f"one of {MIXED_PRECISION}", "optimizer": f"one of {OPTIMIZERS}"}.get(
+                name, "a value in range"
+            )
             problems.append(f"[train] {name} = {values[name]!r} is out of range ({accepted})")
     try:
         return TrainingOptions(**values)

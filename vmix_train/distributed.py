@@ -65,3 +65,14 @@ def mean_across(value: float, world: World, device: torch.device) -> float:
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
+
+
+def agree(value: int, world: World, device: torch.device) -> bool:
+    """Whether every process holds the same ``value`` (e.g. the step it resumes from)."""
+    if not world.distributed:
+        return True
+    low = torch.tensor([value], dtype=torch.int64, device=device)
+    high = low.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return bool(low.item() == high.item())

@@ -20,9 +20,9 @@ from PIL import Image
 
 from vmix_ext.adapter import VMixAdapter
 from vmix_ext.weights import save_adapter
-from vmix_train.config import RunConfig
+from vmix_train.config import RunConfig, TrainingOptions
 from vmix_train.dataset import Example
-from vmix_train.distributed import World, barrier, mean_across
+from vmix_train.distributed import World, agree, barrier, mean_across
 from vmix_train.embeddings import aesthetic_embeddings
 from vmix_train.lora import LoraSet, webui_layout_problem
 from vmix_train.model import BaseModel
@@ -139,13 +139,7 @@ class Trainer:
             self.wrapped = DistributedDataParallel(self.trainables, device_ids=device_ids, broadcast_buffers=False)
         self.step_fn = VMixTrainingStep(base.unet, self.adapter, base.scheduler, self.wrapped)
         self.trainable = {name: p for name, p in self.trainables.named_parameters() if p.requires_grad}
-        self.optimizer = torch.optim.AdamW(
-            list(self.trainable.values()),
-            lr=self.options.learning_rate,
-            betas=(self.options.adam_beta1, self.options.adam_beta2),
-            eps=self.options.adam_epsilon,
-            weight_decay=self.options.weight_decay,
-        )
+        self.optimizer = make_optimizer(list(self.trainable.values()), self.options)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision is torch.float16 else None
         self.losses: list[float] = []
         self.step = 0
@@ -367,6 +361,11 @@ class Trainer:
         """Train (resuming when the output folder holds this run's state) and write the adapter; returns its path."""
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.resume()
+        if not agree(self.step, self.world, self.device):
+            raise TrainingError(
+                f"the processes would resume from different steps (this one: {self.step}): the output folder "
+                f"{self.output_dir} must be one folder that every machine sees (a shared filesystem)"
+            )
         o = self.options
         bar = _progress_bar(o.steps, self.step, self.progress)
         try:
@@ -415,6 +414,25 @@ class Trainer:
         path = folder / f"step-{self.step:06d}.png"
         grid([off, on]).save(path)
         return path
+
+
+def make_optimizer(params: list[torch.nn.Parameter], options: TrainingOptions) -> torch.optim.Optimizer:
+    settings = {
+        "lr": options.learning_rate,
+        "betas": (options.adam_beta1, options.adam_beta2),
+        "eps": options.adam_epsilon,
+        "weight_decay": options.weight_decay,
+    }
+    if options.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes  # optional: its 8-bit AdamW keeps the optimizer state in a quarter of the memory
+        except ImportError:
+            raise TrainingError(
+                'optimizer = "adamw8bit" needs the bitsandbytes package (pip install bitsandbytes); '
+                'or use optimizer = "adamw"'
+            ) from None
+        return bitsandbytes.optim.AdamW8bit(params, **settings)
+    return torch.optim.AdamW(params, **settings)
 
 
 def _move(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
