@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the literal Eq. 9 layer: tests/helpers.py
 
 import torch
-from einops import rearrange
-from helpers import SD15_UNET_CONFIG, literal_eq9_forward
+from helpers import SD15_UNET_CONFIG, literal_eq9_forward, share_context
 from ldm.modules.attention import BasicTransformerBlock, SpatialTransformer
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from machine import cpu_model, cpu_seconds
@@ -109,31 +107,8 @@ def build_sdxl_like(depth_640: int, depth_1280: int) -> UNetModel:
                 module.transformer_blocks.append(
                     BasicTransformerBlock(dim, heads, dim // heads, context_dim=2048, checkpoint=False)
                 )
-            module.forward = types.MethodType(_shared_context_forward, module)
+    share_context(unet)
     return unet
-
-
-def _shared_context_forward(self: SpatialTransformer, x: torch.Tensor, context: torch.Tensor | None = None):
-    """ldm's SpatialTransformer.forward, but every block gets the same context (as sgm's SDXL code does).
-
-    The pip ldm indexes ``context[i]`` per block, which only works for depth 1.
-    """
-    h, w = x.shape[-2:]
-    x_in = x
-    x = self.norm(x)
-    if not self.use_linear:
-        x = self.proj_in(x)
-    x = rearrange(x, "b c h w -> b (h w) c").contiguous()
-    if self.use_linear:
-        x = self.proj_in(x)
-    for block in self.transformer_blocks:
-        x = block(x, context=context)
-    if self.use_linear:
-        x = self.proj_out(x)
-    x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w).contiguous()
-    if not self.use_linear:
-        x = self.proj_out(x)
-    return x + x_in
 
 
 def prepare(unet: nn.Module, seed: int) -> nn.Module:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import math
+import types
 from collections.abc import Callable
 
 import torch
-from ldm.modules.attention import CrossAttention
+from einops import rearrange
+from ldm.modules.attention import CrossAttention, SpatialTransformer
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from torch import nn
 
@@ -41,8 +43,10 @@ DIMENSIONS = (
 def tiny_unet(context_dim: int = 768, depth: int = 1, seed: int = 0) -> UNetModel:
     """A real ldm UNetModel small enough for CPU tests; same layer naming as SD's.
 
-    With ``depth > 1`` the pip ldm (Stability's SD2 code) needs a list of context widths to build, and its forward
-    then wants a list of contexts, one per block; such UNets serve structure checks only.
+    With ``depth > 1`` (SDXL's several transformer blocks per layer, ``…transformer_blocks.1.attn2``) the pip ldm
+    (Stability's SD2 code) needs a list of context widths to build, and its forward would want one context per
+    block; the SpatialTransformers then get sgm's forward, which feeds every block the same context, as A1111's
+    SDXL code (sgm) does.
     """
     torch.manual_seed(seed)
     unet = UNetModel(
@@ -60,12 +64,44 @@ def tiny_unet(context_dim: int = 768, depth: int = 1, seed: int = 0) -> UNetMode
         legacy=False,
         use_linear_in_transformer=True,
     )
+    if depth > 1:
+        share_context(unet)
     # ldm zero-initialises the output convolutions; give them weights so every layer affects the result.
     with torch.no_grad():
         for p in unet.parameters():
             if p.abs().sum() == 0:
                 p.normal_(0, 0.05)
     return unet.eval()
+
+
+def share_context(unet: nn.Module) -> None:
+    """Give every SpatialTransformer sgm's forward: all its transformer blocks see the same context."""
+    for module in unet.modules():
+        if isinstance(module, SpatialTransformer):
+            module.forward = types.MethodType(sgm_spatial_transformer_forward, module)
+
+
+def sgm_spatial_transformer_forward(
+    self: SpatialTransformer, x: torch.Tensor, context: torch.Tensor | None = None
+) -> torch.Tensor:
+    """ldm's SpatialTransformer.forward with every block given the same context (sgm's SDXL code); the pip ldm
+    indexes ``context[i]`` per block, which only works for depth 1."""
+    h, w = x.shape[-2:]
+    x_in = x
+    x = self.norm(x)
+    if not self.use_linear:
+        x = self.proj_in(x)
+    x = rearrange(x, "b c h w -> b (h w) c").contiguous()
+    if self.use_linear:
+        x = self.proj_in(x)
+    for block in self.transformer_blocks:
+        x = block(x, context=context)
+    if self.use_linear:
+        x = self.proj_out(x)
+    x = rearrange(x, "b (h w) c -> b c h w", h=h, w=w).contiguous()
+    if not self.use_linear:
+        x = self.proj_out(x)
+    return x + x_in
 
 
 def tiny_diffusers_unet(seed: int = 0) -> nn.Module:

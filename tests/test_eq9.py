@@ -13,10 +13,16 @@ from vmix_ext.mixing import MixOptions, tile_tokens
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module", params=[768, 1024], ids=["sd1-width", "sd2-width"])
+# SD 1.x and SD 2.x widths with one transformer block per layer; SDXL base (2048) and refiner (1280) widths with
+# two blocks per layer (``…transformer_blocks.1.attn2``), fed as sgm feeds them.
+SHAPES = {"sd1": (768, 1), "sd2": (1024, 1), "sdxl-depth2": (2048, 2), "refiner-depth2": (1280, 2)}
+
+
+@pytest.fixture(scope="module", params=list(SHAPES.values()), ids=list(SHAPES))
 def model(request):
-    unet = tiny_unet(request.param)
-    return unet, random_adapter(unet), request.param
+    width, depth = request.param
+    unet = tiny_unet(width, depth=depth)
+    return unet, random_adapter(unet), width
 
 
 def run(unet, inputs):

@@ -71,7 +71,7 @@ def test_two_blocks_per_transformer_get_block_index_and_shared_transformer_index
     for info in sf.forge_layers(unet).values():
         patcher.set_model_attn2_replace(_recording_patch(calls), *info["key"])
     with torch.no_grad():
-        sf.forge_unet_forward(unet, x, t, [context, context], patcher.model_options, [UNCOND, COND])
+        sf.forge_unet_forward(unet, x, t, context, patcher.model_options, [UNCOND, COND])
     seen = [(c["extra"]["block"], c["extra"]["block_index"], c["extra"]["transformer_index"]) for c in calls]
     assert seen[:4] == [(("input", 1), 0, 0), (("input", 1), 1, 0), (("input", 3), 0, 1), (("input", 3), 1, 1)]
     assert seen[4:6] == [(("middle", 0), 0, 2), (("middle", 0), 1, 2)]
