@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import random_adapter
 from safetensors.torch import save_file
-from tiny_checkpoint import CONTEXT_DIM, TinyLdmModel, original_config, write_tokenizer
+from tiny_checkpoint import CONTEXT_DIM, SD2_UNET_PARAMS, TinyLdmModel, original_config, write_tokenizer
 
 from vmix_ext.hooks import ValueMixer
 from vmix_ext.mixing import MixOptions
@@ -119,3 +119,68 @@ def test_a_missing_tokenizer_says_where_to_find_one(tiny, tmp_path):
     _, _, path, _ = tiny
     with pytest.raises(CheckpointError, match=r"no CLIP tokenizer.*vocab\.json and merges\.txt"):
         load_single_file(path, original_config=original_config(), tokenizer=tmp_path)
+
+
+def test_an_sd2_checkpoint_gives_the_penultimate_openclip_context_and_v_prediction(tmp_path):
+    model = TinyLdmModel(family="sd2")
+    path = model.save(tmp_path / "tiny-sd2.safetensors")
+    tokenizer = write_tokenizer(tmp_path / "tokenizer")
+    config = original_config(unet_params=SD2_UNET_PARAMS)
+    base = load_single_file(path, original_config=config, tokenizer=tokenizer, prediction="v")
+    assert base.family == "sd2" and base.scheduler.config.prediction_type == "v_prediction"
+    ids = base.tokenize(["a cat"])
+    eos = base.eos_token_id
+    first_end = int((ids[0] == eos).nonzero()[0])
+    assert (ids[0, first_end + 1 :] == 0).all()  # OpenCLIP pads with 0 after the end-of-text token, as A1111 does
+    with torch.no_grad():
+        hidden = model.clip(ids, output_hidden_states=True).hidden_states[-2]  # ldm's layer = "penultimate"
+        expected = model.clip.final_layer_norm(hidden) if hasattr(model.clip, "final_layer_norm") else None
+        if expected is None:
+            expected = model.clip.text_model.final_layer_norm(hidden)
+        torch.testing.assert_close(base.encode_text(["a cat"]), expected, atol=1e-5, rtol=1e-5)
+        x, t = torch.randn(1, 4, 8, 8), torch.tensor([400])
+        context = torch.randn(1, 77, 1024)
+        torch.testing.assert_close(
+            base.unet(x, t, encoder_hidden_states=context).sample,
+            model.unet(x, t, context=context),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+def test_an_sd2_checkpoint_needs_its_prediction_type(tmp_path):
+    path = TinyLdmModel(family="sd2").save(tmp_path / "tiny-sd2.safetensors")
+    with pytest.raises(CheckpointError, match=r'SD 2\.x checkpoint.*prediction = "v" or "epsilon"'):
+        load_single_file(path, tokenizer=write_tokenizer(tmp_path / "tokenizer"))
+
+
+def test_the_trainer_makes_an_sd2_adapter_that_fits_the_ldm_unet(tmp_path):
+    import dataclasses
+    import json
+
+    from PIL import Image
+
+    from vmix_ext.adapter import Dimension
+    from vmix_ext.weights import load_adapter
+    from vmix_train.config import RunConfig, TrainingOptions
+    from vmix_train.dataset import load_dataset
+    from vmix_train.loop import Trainer
+
+    model = TinyLdmModel(family="sd2")
+    path = model.save(tmp_path / "tiny-sd2.safetensors")
+    config = original_config(unet_params=SD2_UNET_PARAMS)
+    base = load_single_file(path, original_config=config, tokenizer=write_tokenizer(tmp_path / "tok"), prediction="v")
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = []
+    for i in range(4):
+        Image.new("RGB", (16, 16), (60 * i, 90, 30)).save(data / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "caption": "a dog", "labels": {"light": i > 1}}))
+    (data / "metadata.jsonl").write_text("\n".join(lines))
+    dims = (Dimension("light", "natural lighting", "sks1"),)
+    options = dataclasses.replace(TrainingOptions(), steps=2, batch_size=2, resolution=16, sample_count=0)
+    run = RunConfig(path, data, tmp_path / "out", dims, options, name="sd2-vmix")
+    adapter_path = Trainer(run, base, load_dataset(data, ["light"]), device="cpu", progress=False).run()
+    adapter = load_adapter(adapter_path)
+    assert adapter.family == "sd2" and adapter.context_dim == 1024
+    check_adapter_fits(adapter, model.unet, adapter_path)

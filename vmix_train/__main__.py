@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             original_config=config.original_config,
             tokenizer=config.tokenizer,
             clip_skip=config.clip_skip,
+            prediction=config.prediction,
         )
         if args.check:
             say("[VMix] config, dataset and base model are fine")

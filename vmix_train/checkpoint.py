@@ -76,6 +76,22 @@ SD1_ORIGINAL_CONFIG: dict[str, Any] = {
 }
 
 
+def sd2_original_config(parameterization: str) -> dict[str, Any]:
+    """Stability's v2-inference(-v).yaml values: OpenCLIP-H context (1024 wide), 64-channel heads, linear
+    projections in the transformers; "v" for the 768-v models, "eps" for 512-base."""
+    config = copy.deepcopy(SD1_ORIGINAL_CONFIG)
+    params = config["model"]["params"]
+    params["parameterization"] = parameterization
+    unet = params["unet_config"]["params"]
+    del unet["num_heads"]
+    unet.update(num_head_channels=64, use_linear_in_transformer=True, context_dim=1024, image_size=96)
+    return config
+
+
+PREDICTIONS = {"epsilon": "eps", "v": "v"}  # [model] prediction -> the ldm config's parameterization
+_OPEN_CLIP_PREFIX = "cond_stage_model.model."
+
+
 class CheckpointError(ValueError):
     """A base model that cannot be loaded; the message names the file and what to do."""
 
@@ -91,25 +107,47 @@ def load_single_file(
     tokenizer: str | Path | None = None,
     clip_skip: int = 1,
     text_encoder_heads: int | None = None,
+    prediction: str | None = None,
 ) -> BaseModel:
-    """Load an SD 1.x single-file checkpoint on the CPU in float32, frozen.
+    """Load an SD 1.x or SD 2.x single-file checkpoint on the CPU in float32, frozen.
 
     ``original_config``: the ldm YAML (the WebUI's ``configs/v1-inference.yaml``, or the ``.yaml`` next to a
     checkpoint) or its parsed dict; SD 1.x's values when omitted. ``tokenizer``: a folder with CLIP's
     ``vocab.json`` and ``merges.txt``; when omitted, the copy in the Hugging Face cache that the WebUI downloaded.
     ``text_encoder_heads``: attention heads of the text encoder (width / 64 when omitted, as in every CLIP).
+    ``prediction``: "epsilon" or "v", overriding the config; SD 2.x needs it (or a config) because its weights do not
+    say whether the model is a v-prediction one (768-v) or not (512-base).
     """
     path = Path(path)
     checkpoint = _read_checkpoint(path)
     family = detect_family(checkpoint, path)
-    if family != "sd1":
-        raise CheckpointError(path, f"is a {family} checkpoint; this trainer version trains SD 1.x checkpoints only")
-    config = _original_config(original_config, path)
+    if family not in ("sd1", "sd2"):
+        raise CheckpointError(path, f"is a {family} checkpoint; this trainer trains SD 1.x and SD 2.x checkpoints")
+    if prediction is not None and prediction not in PREDICTIONS:
+        raise CheckpointError(path, f"prediction must be one of {list(PREDICTIONS)}, not {prediction!r}")
+    if family == "sd2":
+        if original_config is None and prediction is None:
+            raise CheckpointError(
+                path,
+                "is an SD 2.x checkpoint, which is either v-prediction (768-v models) or ε-prediction (512-base): "
+                'set [model] prediction = "v" or "epsilon" (or give its YAML as [model] config)',
+            )
+        if clip_skip != 1:
+            raise CheckpointError(path, "SD 2.x always uses the text encoder's penultimate layer; leave clip_skip at 1")
+        config = _original_config(original_config, path) if original_config is not None else sd2_original_config("v")
+    else:
+        config = _original_config(original_config, path)
     params = config["model"]["params"]
+    if prediction is not None:
+        params["parameterization"] = PREDICTIONS[prediction]
     unet = _load_unet(checkpoint, config, path)
     vae = _load_vae(checkpoint, config, path)
-    tokenize, bos, eos = _tokenizer(tokenizer, path)
-    text_encoder = _load_clip(checkpoint, path, text_encoder_heads, bos, eos)
+    # SD 2.x's OpenCLIP tokenizer is CLIP's vocabulary with a different padding token (0), as A1111 pads it.
+    tokenize, bos, eos = _tokenizer(tokenizer, path, pad_id=0 if family == "sd2" else None)
+    if family == "sd2":
+        text_encoder = _load_open_clip(checkpoint, path, text_encoder_heads, bos, eos)
+    else:
+        text_encoder = _load_clip(checkpoint, path, text_encoder_heads, bos, eos)
     scheduler = noise_schedule(params)
     base = BaseModel(
         unet=unet,
@@ -256,7 +294,44 @@ def _load_clip(
     return model
 
 
-def _tokenizer(source: str | Path | None, path: Path) -> tuple[Any, int, int]:
+def _load_open_clip(
+    checkpoint: dict[str, torch.Tensor], path: Path, heads: int | None, bos: int, eos: int
+) -> torch.nn.Module:
+    """SD 2.x's OpenCLIP text tower as a transformers CLIPTextModel without its last block: the UNet context is
+    the penultimate block's output through the final layer norm (ldm's FrozenOpenCLIPEmbedder, layer "penultimate",
+    which A1111 uses), so the last block is dropped and ``last_hidden_state`` is that context."""
+    from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    prefix = _OPEN_CLIP_PREFIX
+    block_keys = [k for k in checkpoint if k.startswith(prefix + "transformer.resblocks.")]
+    blocks = {int(k[len(prefix) :].split(".")[2]) for k in block_keys}
+    if not blocks:
+        raise CheckpointError(path, "its SD 2.x text encoder has no transformer blocks")
+    last = max(blocks)
+    kept = {k: v for k, v in checkpoint.items() if not k.startswith(f"{prefix}transformer.resblocks.{last}.")}
+    vocab, width = checkpoint[prefix + "token_embedding.weight"].shape
+    config = CLIPTextConfig(
+        vocab_size=vocab,
+        hidden_size=width,
+        intermediate_size=checkpoint[prefix + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        num_hidden_layers=last,  # all but the last block
+        num_attention_heads=heads or max(1, width // 64),
+        max_position_embeddings=checkpoint[prefix + "positional_embedding"].shape[0],
+        hidden_act="gelu",
+        bos_token_id=bos,
+        eos_token_id=eos,
+    )
+    model = CLIPTextModel(config)
+    state = convert_open_clip_checkpoint(model, kept, prefix=prefix)
+    state.pop("text_projection.weight", None)
+    if not hasattr(model, "text_model"):
+        state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    _strict_load(model, state, "text encoder", path)
+    return model
+
+
+def _tokenizer(source: str | Path | None, path: Path, pad_id: int | None = None) -> tuple[Any, int, int]:
     from transformers import CLIPTokenizer
 
     try:
@@ -280,6 +355,11 @@ def _tokenizer(source: str | Path | None, path: Path) -> tuple[Any, int, int]:
 
     def tokenize(texts: list[str]) -> torch.Tensor:
         batch = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
-        return batch.input_ids
+        ids = batch.input_ids
+        if pad_id is not None:  # everything after the first end-of-text token is padding
+            ends_so_far = (ids == tokenizer.eos_token_id).int().cumsum(-1)
+            after_end = (ends_so_far > 1) | ((ends_so_far == 1) & (ids != tokenizer.eos_token_id))
+            ids = ids.masked_fill(after_end, pad_id)
+        return ids
 
     return tokenize, int(tokenizer.bos_token_id), int(tokenizer.eos_token_id)

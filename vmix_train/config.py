@@ -65,6 +65,7 @@ class RunConfig:
     original_config: Path | None = None  # [model] config: the ldm YAML; SD 1.x's values when omitted
     tokenizer: Path | None = None  # [model] tokenizer: a CLIP tokenizer folder; the HF cache when omitted
     clip_skip: int = 1  # [model] clip_skip, as set in the WebUI the adapter will be used with
+    prediction: str | None = None  # [model] prediction: "epsilon" or "v"; SD 2.x needs it unless a config is given
     name: str = ""  # [output] name: the adapter's file name (without .safetensors); the folder's name when empty
 
     @property
@@ -112,11 +113,14 @@ def load_config(path: str | Path) -> RunConfig:
     clip_skip = raw.get("model", {}).get("clip_skip", 1)
     if type(clip_skip) is not int or not 1 <= clip_skip <= 12:
         problems.append(f"[model] clip_skip must be a whole number from 1 to 12, got {clip_skip!r}")
+    prediction = raw.get("model", {}).get("prediction")
+    if prediction is not None and prediction not in ("epsilon", "v"):
+        problems.append(f'[model] prediction must be "epsilon" or "v", got {prediction!r}')
     name = raw.get("output", {}).get("name", "")
     if not isinstance(name, str) or any(c in name for c in '/\\:*?"<>|'):
         problems.append(f"[output] name must be a plain file name (no folders), got {name!r}")
     for section, allowed in (
-        ("model", {"checkpoint", "config", "tokenizer", "clip_skip"}),
+        ("model", {"checkpoint", "config", "tokenizer", "clip_skip", "prediction"}),
         ("data", {"folder"}),
         ("output", {"folder", "name"}),
     ):
@@ -132,7 +136,16 @@ def load_config(path: str | Path) -> RunConfig:
         raise ConfigError(path, problems)
     assert checkpoint and dataset and output_dir and train
     return RunConfig(
-        checkpoint, dataset, output_dir, dimensions, train, original_config, tokenizer, clip_skip, name.strip()
+        checkpoint,
+        dataset,
+        output_dir,
+        dimensions,
+        train,
+        original_config,
+        tokenizer,
+        clip_skip,
+        prediction,
+        name.strip(),
     )
 
 
