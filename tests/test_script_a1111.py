@@ -37,12 +37,13 @@ FIELDS = ("enabled", "adapter", "scale", "dimensions", "cond_only", "start", "en
 class Host:
     """One fresh stand-in web UI with the VMix script loaded and two SD1-width checkpoints."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, width: int = WIDTH, depth: int = 1) -> None:
         standin.reset(models_path=str(tmp_path / "models"))
         self.folder = tmp_path / "models" / "VMix"
         self.folder.mkdir(parents=True)
-        self.main_unet = tiny_unet(WIDTH, seed=0)
-        self.other_unet = tiny_unet(WIDTH, seed=1)
+        self.width = width
+        self.main_unet = tiny_unet(width, depth=depth, seed=0)
+        self.other_unet = tiny_unet(width, depth=depth, seed=1)
         self.film = random_adapter(self.main_unet, seed=11)
         save_adapter(self.film, self.folder / "film.safetensors")
         self.module = standin.load_script(str(ROOT / "scripts" / "vmix.py"), str(ROOT))
@@ -58,7 +59,7 @@ class Host:
         return standin.ui_args(runner, overrides={"vmix": positions})
 
     def txt2img(self, **values):
-        p = make_p(**values.pop("p", {}))
+        p = make_p(width=self.width, **values.pop("p", {}))
         return p, txt2img_mod.txt2img(p, *self.args(**values))
 
     def load(self, title: str) -> None:
@@ -69,11 +70,11 @@ class Host:
         return not has_vmix_hooks(self.main_unet) and not has_vmix_hooks(self.other_unet)
 
 
-def make_p(cls=processing.StableDiffusionProcessingTxt2Img, tokens: int = 77, **kw):
+def make_p(cls=processing.StableDiffusionProcessingTxt2Img, tokens: int = 77, width: int = WIDTH, **kw):
     p = cls(prompt="a cat", negative_prompt="blurry", seed=123, steps=4, width=64, height=64, cfg_scale=5.0, **kw)
     g = torch.Generator().manual_seed(7)
-    p.standin_cond = torch.randn(1, tokens, WIDTH, generator=g)
-    p.standin_uncond = torch.randn(1, tokens, WIDTH, generator=g)
+    p.standin_cond = torch.randn(1, tokens, width, generator=g)
+    p.standin_uncond = torch.randn(1, tokens, width, generator=g)
     return p
 
 
@@ -89,7 +90,7 @@ def reference_latent(host: Host, strengths=None, scale: float = 1.0, **p_kw):
     standin.register_model("reference", reference)
     host.load("reference")
     try:
-        p = make_p(**p_kw)
+        p = make_p(width=host.width, **p_kw)
         return txt2img_mod.txt2img(p, *host.args(enabled=False)).images[0]
     finally:
         host.load("main")
@@ -147,6 +148,22 @@ def test_txt2img_matches_literal_eq9_and_leaves_nothing(host):
     _, after = host.txt2img(enabled=False)
     assert torch.equal(after.images[0], baseline.images[0])
     assert not errors.reported
+
+
+@pytest.mark.parametrize("width", [2048, 1280], ids=["sdxl", "refiner"])
+def test_sdxl_shaped_models_with_two_blocks_per_layer_match_literal_eq9(tmp_path, width):
+    """SDXL base and refiner widths, two transformer blocks per layer (…transformer_blocks.1.attn2), run as sgm does."""
+    host = Host(tmp_path, width=width, depth=2)
+    try:
+        assert any(".transformer_blocks.1." in path for path in host.film.layer_paths)
+        _, baseline = host.txt2img(enabled=False)
+        _, mixed = host.txt2img(enabled=True, scale=0.8, dimensions=["lighting"])
+        expected = reference_latent(host, {"color": 0.0, "lighting": 1.0, "focus": 0.0}, scale=0.8)
+        torch.testing.assert_close(mixed.images[0], expected, **PIPELINE_TOL)
+        assert (mixed.images[0] - baseline.images[0]).abs().max() > 1e-3
+        assert host.all_unets_clean() and not errors.reported
+    finally:
+        standin.reset()
 
 
 def test_untrained_adapter_and_zero_scale_change_nothing(host):
