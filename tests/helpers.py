@@ -16,22 +16,10 @@ from torch import nn
 from vmix_ext.adapter import Dimension, VMixAdapter
 from vmix_ext.families import family_for_context_dim
 from vmix_ext.layers import cross_attention_layers
+from vmix_train.checkpoint import SD1_ORIGINAL_CONFIG
 
-# SD 1.5's UNet (v1-inference.yaml), for structure checks and the benchmark.
-SD15_UNET_CONFIG = {
-    "image_size": 64,
-    "in_channels": 4,
-    "out_channels": 4,
-    "model_channels": 320,
-    "attention_resolutions": [4, 2, 1],
-    "num_res_blocks": 2,
-    "channel_mult": [1, 2, 4, 4],
-    "num_heads": 8,
-    "use_spatial_transformer": True,
-    "transformer_depth": 1,
-    "context_dim": 768,
-    "legacy": False,
-}
+# SD 1.5's UNet (v1-inference.yaml, as the trainer builds it in), for structure checks and the benchmark.
+SD15_UNET_CONFIG = copy.deepcopy(SD1_ORIGINAL_CONFIG["model"]["params"]["unet_config"]["params"])
 
 DIMENSIONS = (
     Dimension("color", "vivid colour", "sks1"),

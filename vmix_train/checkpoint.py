@@ -10,6 +10,8 @@ runs pickle.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -269,29 +271,18 @@ def _load_vae(checkpoint: dict[str, torch.Tensor], config: dict[str, Any], path:
 def _load_clip(
     checkpoint: dict[str, torch.Tensor], path: Path, heads: int | None, bos: int, eos: int
 ) -> torch.nn.Module:
-    from transformers import CLIPTextConfig, CLIPTextModel
-
+    """SD 1.x's CLIP ViT-L text encoder, stored with transformers' own names under ``cond_stage_model.transformer``."""
     state = {k[len(_CLIP_PREFIX) :]: v for k, v in checkpoint.items() if k.startswith(_CLIP_PREFIX)}
     vocab, width = state["text_model.embeddings.token_embedding.weight"].shape
-    positions = state["text_model.embeddings.position_embedding.weight"].shape[0]
-    layers = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("text_model.encoder.layers."))
-    inner = state["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0]
-    config = CLIPTextConfig(
-        vocab_size=vocab,
-        hidden_size=width,
-        intermediate_size=inner,
-        num_hidden_layers=layers,
-        num_attention_heads=heads or max(1, width // 64),
-        max_position_embeddings=positions,
-        hidden_act="quick_gelu",
-        bos_token_id=bos,
-        eos_token_id=eos,  # only the pooled output reads it; the context does not
+    shape = _TextShape(
+        vocab=vocab,
+        width=width,
+        inner=state["text_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        layers=1 + max(int(k.split(".")[3]) for k in state if k.startswith("text_model.encoder.layers.")),
+        positions=state["text_model.embeddings.position_embedding.weight"].shape[0],
+        activation="quick_gelu",
     )
-    model = CLIPTextModel(config)
-    if not hasattr(model, "text_model"):  # transformers 5 dropped the text_model wrapper
-        state = {k.removeprefix("text_model."): v for k, v in state.items()}
-    _strict_load(model, state, "text encoder", path)
-    return model
+    return _text_model(shape, state, path, heads, bos, eos)
 
 
 def _load_open_clip(
@@ -301,7 +292,6 @@ def _load_open_clip(
     the penultimate block's output through the final layer norm (ldm's FrozenOpenCLIPEmbedder, layer "penultimate",
     which A1111 uses), so the last block is dropped and ``last_hidden_state`` is that context."""
     from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     prefix = _OPEN_CLIP_PREFIX
     block_keys = [k for k in checkpoint if k.startswith(prefix + "transformer.resblocks.")]
@@ -311,21 +301,61 @@ def _load_open_clip(
     last = max(blocks)
     kept = {k: v for k, v in checkpoint.items() if not k.startswith(f"{prefix}transformer.resblocks.{last}.")}
     vocab, width = checkpoint[prefix + "token_embedding.weight"].shape
+    shape = _TextShape(
+        vocab=vocab,
+        width=width,
+        inner=checkpoint[prefix + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        layers=last,  # all but the last block
+        positions=checkpoint[prefix + "positional_embedding"].shape[0],
+        activation="gelu",
+    )
+
+    def convert(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        state = convert_open_clip_checkpoint(model, kept, prefix=prefix)
+        state.pop("text_projection.weight", None)  # the pooled projection; the context does not use it
+        return state
+
+    return _text_model(shape, convert, path, heads, bos, eos)
+
+
+@dataclass(frozen=True)
+class _TextShape:
+    """What a CLIP text model's config needs, read off a checkpoint's tensors."""
+
+    vocab: int
+    width: int
+    inner: int
+    layers: int
+    positions: int
+    activation: str
+
+
+def _text_model(
+    shape: _TextShape,
+    weights: dict[str, torch.Tensor] | Callable[[torch.nn.Module], dict[str, torch.Tensor]],
+    path: Path,
+    heads: int | None,
+    bos: int,
+    eos: int,
+) -> torch.nn.Module:
+    """A transformers CLIPTextModel of ``shape`` loaded with ``weights`` (named as in transformers 4, with the
+    ``text_model.`` prefix; or a function of the new model that returns them)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     config = CLIPTextConfig(
-        vocab_size=vocab,
-        hidden_size=width,
-        intermediate_size=checkpoint[prefix + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        num_hidden_layers=last,  # all but the last block
-        num_attention_heads=heads or max(1, width // 64),
-        max_position_embeddings=checkpoint[prefix + "positional_embedding"].shape[0],
-        hidden_act="gelu",
+        vocab_size=shape.vocab,
+        hidden_size=shape.width,
+        intermediate_size=shape.inner,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=heads or max(1, shape.width // 64),  # 64-wide heads in every CLIP
+        max_position_embeddings=shape.positions,
+        hidden_act=shape.activation,
         bos_token_id=bos,
-        eos_token_id=eos,
+        eos_token_id=eos,  # only the pooled output reads it; the context does not
     )
     model = CLIPTextModel(config)
-    state = convert_open_clip_checkpoint(model, kept, prefix=prefix)
-    state.pop("text_projection.weight", None)
-    if not hasattr(model, "text_model"):
+    state = weights(model) if callable(weights) else weights
+    if not hasattr(model, "text_model"):  # transformers 5 dropped the text_model wrapper
         state = {k.removeprefix("text_model."): v for k, v in state.items()}
     _strict_load(model, state, "text encoder", path)
     return model

@@ -344,9 +344,8 @@ class Trainer:
             total += loss.item()
         return mean_across(total, self.world, self.device)
 
-    def train_step(self) -> float:
-        """One optimizer step; returns the step's mean loss."""
-        total = self.accumulate_gradients()
+    def apply_gradients(self, loss: float) -> None:
+        """The optimizer step for the accumulated gradients, which are then cleared; ``loss`` goes in the history."""
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -354,7 +353,12 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.losses.append(total)
+        self.losses.append(loss)
+
+    def train_step(self) -> float:
+        """One optimizer step; returns the step's mean loss."""
+        total = self.accumulate_gradients()
+        self.apply_gradients(total)
         return total
 
     def run(self) -> Path:
