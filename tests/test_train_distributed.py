@@ -17,10 +17,11 @@ import yaml
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
-from tiny_checkpoint import TinyLdmModel, original_config, write_tokenizer
+from tiny_checkpoint import DIMENSIONS_TOML, TinyLdmModel, original_config, write_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = """
+RUN = (
+    """
 [model]
 checkpoint = "../tiny.safetensors"
 config = "../tiny.yaml"
@@ -33,16 +34,9 @@ folder = "../data"
 folder = "out"
 name = "run"
 
-[[dimensions]]
-name = "color"
-positive = "vivid colour"
-negative = "sks1"
-
-[[dimensions]]
-name = "lighting"
-positive = "natural lighting"
-negative = "sks2"
-
+"""
+    + DIMENSIONS_TOML
+    + """
 [train]
 steps = {steps}
 batch_size = {batch}
@@ -55,6 +49,7 @@ adam_epsilon = 1e-6
 save_every = 1
 sample_count = 0
 """
+)
 
 
 @pytest.fixture(scope="module")

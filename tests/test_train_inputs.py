@@ -6,13 +6,15 @@ import json
 
 import pytest
 from PIL import Image
+from tiny_checkpoint import DIMENSIONS_TOML
 
 from vmix_train.config import ConfigError, load_config
 from vmix_train.dataset import DatasetError, load_dataset
 
 DIMS = ["color", "lighting"]
 
-GOOD_CONFIG = """
+GOOD_CONFIG = (
+    """
 [model]
 checkpoint = "model.safetensors"
 
@@ -22,22 +24,16 @@ folder = "data"
 [output]
 folder = "out"
 
-[[dimensions]]
-name = "color"
-positive = "vivid colour"
-negative = "sks1"
-
-[[dimensions]]
-name = "lighting"
-positive = "natural lighting"
-negative = "sks2"
-
+"""
+    + DIMENSIONS_TOML
+    + """
 [train]
 steps = 100
 learning_rate = 5e-5
 mixed_precision = "bf16"
 lora_rank = 4
 """
+)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 from PIL import Image
-from tiny_checkpoint import TinyLdmModel, original_config, write_tokenizer
+from tiny_checkpoint import DIMENSIONS_TOML, TinyLdmModel, original_config, write_tokenizer
 
 import vmix_train.state as state_module
 from vmix_ext.hooks import ValueMixer
@@ -24,7 +24,8 @@ from vmix_train.loop import Trainer, TrainingError
 from vmix_train.lora import LoraSet, read_lora_file
 from vmix_train.state import STATE_FILE, load_state
 
-CONFIG = """
+CONFIG = (
+    """
 [model]
 checkpoint = "tiny.safetensors"
 tokenizer = "tokenizer"
@@ -36,16 +37,9 @@ folder = "data"
 folder = "out"
 name = "tiny-vmix"
 
-[[dimensions]]
-name = "color"
-positive = "vivid colour"
-negative = "sks1"
-
-[[dimensions]]
-name = "lighting"
-positive = "natural lighting"
-negative = "sks2"
-
+"""
+    + DIMENSIONS_TOML
+    + """
 [train]
 steps = 6
 batch_size = 2
@@ -56,6 +50,7 @@ sample_every = 3
 sample_count = 2
 sample_steps = 2
 """
+)
 
 
 @pytest.fixture(scope="module")

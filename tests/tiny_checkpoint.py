@@ -13,6 +13,18 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
+# The two dimensions of the trainer tests' run configs, as TOML tables.
+DIMENSIONS_TOML = """
+[[dimensions]]
+name = "color"
+positive = "vivid colour"
+negative = "sks1"
+
+[[dimensions]]
+name = "lighting"
+positive = "natural lighting"
+negative = "sks2"
+"""
 CONTEXT_DIM = 768  # SD 1.x's width, so the family is recognised as it is for real checkpoints
 _LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 UNET_PARAMS = {

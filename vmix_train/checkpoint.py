@@ -244,28 +244,36 @@ def _load_unet(checkpoint: dict[str, torch.Tensor], config: dict[str, Any], path
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, create_unet_diffusers_config_from_ldm
 
-    try:
-        unet_config = create_unet_diffusers_config_from_ldm(config, checkpoint)
-        unet = UNet2DConditionModel(**unet_config)
-        state = convert_ldm_unet_checkpoint(checkpoint, unet_config)
-    except (KeyError, IndexError, RuntimeError) as exc:
-        raise CheckpointError(path, f"its UNet does not match the model config ({exc!r})") from None
-    _strict_load(unet, state, "UNet", path)
-    return unet
+    parts = (create_unet_diffusers_config_from_ldm, UNet2DConditionModel, convert_ldm_unet_checkpoint)
+    return _load_part("UNet", *parts, checkpoint, config, path)
 
 
 def _load_vae(checkpoint: dict[str, torch.Tensor], config: dict[str, Any], path: Path) -> torch.nn.Module:
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
 
+    parts = (create_vae_diffusers_config_from_ldm, AutoencoderKL, convert_ldm_vae_checkpoint)
+    return _load_part("VAE", *parts, checkpoint, config, path)
+
+
+def _load_part(
+    part: str,
+    make_config: Callable[..., dict[str, Any]],
+    model_class: Callable[..., torch.nn.Module],
+    convert: Callable[..., dict[str, torch.Tensor]],
+    checkpoint: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    path: Path,
+) -> torch.nn.Module:
+    """One diffusers model from the ldm config and weights, with diffusers' own config builder and key converter."""
     try:
-        vae_config = create_vae_diffusers_config_from_ldm(config, checkpoint)
-        vae = AutoencoderKL(**vae_config)
-        state = convert_ldm_vae_checkpoint(checkpoint, vae_config)
+        part_config = make_config(config, checkpoint)
+        model = model_class(**part_config)
+        state = convert(checkpoint, part_config)
     except (KeyError, IndexError, RuntimeError) as exc:
-        raise CheckpointError(path, f"its VAE does not match the model config ({exc!r})") from None
-    _strict_load(vae, state, "VAE", path)
-    return vae
+        raise CheckpointError(path, f"its {part} does not match the model config ({exc!r})") from None
+    _strict_load(model, state, part, path)
+    return model
 
 
 def _load_clip(
