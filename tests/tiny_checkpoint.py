@@ -3,6 +3,7 @@ transformers CLIP text encoder, with the key names WebUI checkpoints use; plus C
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
+
+from vmix_train.checkpoint import SD1_ORIGINAL_CONFIG
 
 # The two dimensions of the trainer tests' run configs, as TOML tables.
 DIMENSIONS_TOML = """
@@ -62,21 +65,14 @@ VAE_PARAMS = {
 
 
 def original_config(parameterization: str = "eps", unet_params: dict | None = None) -> dict:
-    """The ldm YAML of the tiny model, as a dict (the shape of configs/v1-inference.yaml). ``unet_params``: the
-    UNet's, when the model was built with other ones."""
-    return {
-        "model": {
-            "params": {
-                "linear_start": 0.00085,
-                "linear_end": 0.012,
-                "timesteps": 1000,
-                "scale_factor": 0.18215,
-                "parameterization": parameterization,
-                "unet_config": {"params": dict(unet_params or UNET_PARAMS)},
-                "first_stage_config": {"params": {"embed_dim": 4, "ddconfig": dict(VAE_PARAMS)}},
-            }
-        }
-    }
+    """The ldm YAML of the tiny model, as a dict: SD 1.x's v1-inference values (the trainer's built-in copy) with the
+    tiny UNet and VAE. ``unet_params``: the UNet's, when the model was built with other ones."""
+    config = copy.deepcopy(SD1_ORIGINAL_CONFIG)
+    params = config["model"]["params"]
+    params["parameterization"] = parameterization
+    params["unet_config"]["params"] = dict(unet_params or UNET_PARAMS)
+    params["first_stage_config"]["params"]["ddconfig"] = dict(VAE_PARAMS)
+    return config
 
 
 class TinyLdmModel(nn.Module):

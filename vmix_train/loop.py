@@ -233,7 +233,6 @@ class Trainer:
             step=self.step,
             weights={name: p.detach() for name, p in self.trainable.items()},
             optimizer=self.optimizer.state_dict(),
-            generators={},
             losses=list(self.losses),
             fingerprint=self.fingerprint(),
         )
@@ -276,11 +275,11 @@ class Trainer:
         cached = self._latents.get(index)
         if cached is None:
             pixels = load_image(self.examples[index].image, self.options.resolution).unsqueeze(0)
-            generator = stream(self.options.seed, "latent", index)
             if self.base.vae is None:
                 cached = pixels[0]
             else:
                 posterior = self.base.vae.encode(pixels.to(self.device)).latent_dist
+                generator = stream(self.options.seed, "latent", index)
                 noise = torch.randn(posterior.mean.shape, generator=generator).to(self.device)
                 cached = (posterior.mean + posterior.std * noise)[0] * self.base.vae.config.scaling_factor
                 cached = cached.cpu()
@@ -374,7 +373,7 @@ class Trainer:
         bar = _progress_bar(o.steps, self.step, self.progress)
         try:
             while self.step < o.steps:
-                loss = self.train_step()
+                self.train_step()
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(self.losses[-20:]) / len(self.losses[-20:]):.4f}")
                 if self.step % o.save_every == 0 or self.step == o.steps:
@@ -383,7 +382,6 @@ class Trainer:
                     self.save_samples()
                 if self.on_step is not None:
                     self.on_step(self.step)
-                del loss
         finally:
             bar.close()
             self.step_fn.close()

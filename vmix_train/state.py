@@ -1,4 +1,4 @@
-"""The resumable training state: trainable weights, optimizer moments, random generators, loss history, step.
+"""The resumable training state: trainable weights, optimizer moments, loss history, step.
 
 Stored as one safetensors file (no pickle, like every file this project reads), written to a temporary name and
 renamed into place, so a run killed while saving keeps the previous state intact. Non-tensor parts (the step,
@@ -33,7 +33,6 @@ class TrainingState:
     step: int  # optimizer steps done
     weights: dict[str, torch.Tensor]  # the trainable parameters by name
     optimizer: dict[str, Any]  # torch.optim.Optimizer.state_dict()
-    generators: dict[str, torch.Tensor]  # name -> torch.Generator.get_state()
     losses: list[float] = field(default_factory=list)  # one per optimizer step
     fingerprint: dict[str, Any] = field(default_factory=dict)  # what must not change between a run and its resume
 
@@ -49,8 +48,6 @@ def save_state(state: TrainingState, path: str | Path) -> None:
                 tensors[f"optim.{index}.{slot}"] = value
             else:  # e.g. a plain-number step counter in some optimizers
                 optimizer_meta["scalars"].setdefault(str(index), {})[slot] = value
-    for name, value in state.generators.items():
-        tensors[f"rng.{name}"] = value
     tensors["loss.history"] = torch.tensor(state.losses, dtype=torch.float64)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     metadata = {
@@ -82,14 +79,11 @@ def load_state(path: str | Path) -> TrainingState:
     except (KeyError, ValueError) as exc:
         raise StateError(path, f"has a damaged header ({exc!r}); delete it to start the run afresh") from None
     weights: dict[str, torch.Tensor] = {}
-    generators: dict[str, torch.Tensor] = {}
     optim_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         kind, _, rest = key.partition(".")
         if kind == "weight":
             weights[rest] = value
-        elif kind == "rng":
-            generators[rest] = value
         elif kind == "optim":
             index, _, slot = rest.partition(".")
             optim_state.setdefault(int(index), {})[slot] = value
@@ -101,7 +95,7 @@ def load_state(path: str | Path) -> TrainingState:
         if isinstance(group.get("betas"), list):
             group["betas"] = tuple(group["betas"])
     optimizer = {"state": optim_state, "param_groups": groups}
-    return TrainingState(step, weights, optimizer, generators, losses, fingerprint)
+    return TrainingState(step, weights, optimizer, losses, fingerprint)
 
 
 def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
