@@ -1,11 +1,12 @@
 """What one VMix training step costs against a frozen UNet's forward and backward: time and peak memory.
 
-Run from anywhere: ``python benchmarks/bench_train_step.py [--device cpu|cuda] [--rounds N]
+Run from anywhere: ``python benchmarks/bench_train_step.py [--model sd15|sdxl] [--device cpu|cuda] [--rounds N]
 [--gradient-checkpointing] [--dtype bfloat16]``.
 The Markdown report goes to stdout (paste it into the README); progress goes to stderr.
 
-Two variants on the same batch (the same latents, noise, timesteps, context) and the same SD 1.5-shaped diffusers
-``UNet2DConditionModel`` (random weights, nothing downloaded), all of whose weights are frozen:
+Two variants on the same batch (the same latents, noise, timesteps, context) and the same diffusers
+``UNet2DConditionModel``, SD 1.5's or SDXL base's (``--model``; random weights, nothing downloaded; SDXL's with its
+pooled-text and size conditioning), all of whose weights are frozen:
 
 baseline  the noisy latents made to require grad, the UNet's forward, the ε-prediction MSE loss, backward. The
           UNet's weights get no gradient, so this backward carries the gradient through the whole UNet down to its
@@ -51,7 +52,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # machine.py, when run
 from machine import Load, cpu_model
 
 TOKENS = 77
-CONTEXT_DIM = 768
+CONTEXT_DIM = {"sd15": 768, "sdxl": 2048}
+FAMILY = {"sd15": "sd1", "sdxl": "sdxl"}
+MODEL_NAMES = {"sd15": "SD 1.5", "sdxl": "SDXL base"}
+NATIVE_LATENT = {"sd15": 64, "sdxl": 128}  # 512 and 1024 pixels
+CPU_LATENT = {"sd15": 32, "sdxl": 16}  # smaller, so a CPU run takes minutes
 DIMENSIONS = (
     Dimension("color", "vivid colour", "sks1"),
     Dimension("lighting", "natural lighting", "sks2"),
@@ -71,11 +76,29 @@ QUIET = 0.2  # CPUs busy with other processes below which a round counts as undi
 # -- the model ------------------------------------------------------------------------------------------------
 
 
-def build_unet(seed: int) -> nn.Module:
-    """SD 1.5's UNet (diffusers layout, as the trainer loads it), random weights."""
+def build_unet(model: str, seed: int) -> nn.Module:
+    """SD 1.5's or SDXL base's UNet (diffusers layout and config, as the trainer loads them), random weights."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
+    if model == "sdxl":
+        return UNet2DConditionModel(
+            sample_size=128,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            use_linear_projection=True,
+            cross_attention_dim=CONTEXT_DIM["sdxl"],
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+            norm_num_groups=32,
+        )
     return UNet2DConditionModel(
         sample_size=64,
         in_channels=4,
@@ -84,7 +107,7 @@ def build_unet(seed: int) -> nn.Module:
         block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=CONTEXT_DIM,
+        cross_attention_dim=CONTEXT_DIM["sd15"],
         attention_head_dim=8,
         norm_num_groups=32,
     )
@@ -123,7 +146,7 @@ def build(args: argparse.Namespace, variant: str | None = None) -> Setup:
     ``variant`` builds only what that variant needs (the memory children); None builds both (the timing run).
     """
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    unet = build_unet(args.seed).requires_grad_(False).eval()
+    unet = build_unet(args.model, args.seed).requires_grad_(False).eval()
     if dtype != torch.float32:
         unet.to(dtype=dtype)
     unet.to(device)
@@ -133,13 +156,14 @@ def build(args: argparse.Namespace, variant: str | None = None) -> Setup:
     unet_params = sum(p.numel() for p in unet.parameters())
 
     generator = torch.Generator().manual_seed(args.seed + 1)
-    positive = torch.randn(len(DIMENSIONS), CONTEXT_DIM, generator=generator)
-    negative = torch.randn(len(DIMENSIONS), CONTEXT_DIM, generator=generator)
+    width, family = CONTEXT_DIM[args.model], FAMILY[args.model]
+    positive = torch.randn(len(DIMENSIONS), width, generator=generator)
+    negative = torch.randn(len(DIMENSIONS), width, generator=generator)
     if variant == "baseline":
         # The child measuring the baseline needs no adapter; a one-layer stand-in keeps the objects below uniform.
-        adapter = VMixAdapter(DIMENSIONS, CONTEXT_DIM, {"unused": 1}, "sd1")
+        adapter = VMixAdapter(DIMENSIONS, width, {"unused": 1}, family)
     else:
-        adapter = VMixAdapter.untrained(unet, DIMENSIONS, positive, negative, "sd1")
+        adapter = VMixAdapter.untrained(unet, DIMENSIONS, positive, negative, family)
     adapter.to(device, torch.float32)  # the trainer keeps the adapter in fp32 whatever the precision
     scheduler = build_scheduler()
     step = VMixTrainingStep(unet, adapter, scheduler)
@@ -150,12 +174,20 @@ def build(args: argparse.Namespace, variant: str | None = None) -> Setup:
 
     batch_generator = torch.Generator().manual_seed(args.seed + 2)
     b, side = args.batch, args.latent
+    added = None
+    if args.model == "sdxl":  # the pooled text and the (original size, crop corner, target size) conditioning
+        pixels = float(side * 8)
+        added = {
+            "text_embeds": torch.randn(b, 1280, generator=batch_generator).to(device, dtype),
+            "time_ids": torch.tensor([[pixels, pixels, 0.0, 0.0, pixels, pixels]] * b, device=device),
+        }
     batch = Batch(
         latents=torch.randn(b, 4, side, side, generator=batch_generator).to(device, dtype),
-        context=torch.randn(b, TOKENS, CONTEXT_DIM, generator=batch_generator).to(device, dtype),
+        context=torch.randn(b, TOKENS, width, generator=batch_generator).to(device, dtype),
         strengths=torch.randint(0, 2, (b, len(DIMENSIONS)), generator=batch_generator).float().to(device),
         noise=torch.randn(b, 4, side, side, generator=batch_generator),
         timesteps=torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=batch_generator),
+        added=added,
     )
     return Setup(
         unet=unet,
@@ -188,7 +220,9 @@ def baseline_step(setup: Setup) -> float:
     timesteps = batch.timesteps.to(latents.device)
     with autocast(setup):
         noisy = step.scheduler.add_noise(latents, noise, timesteps).requires_grad_(True)
-        prediction = setup.unet(noisy, timesteps, encoder_hidden_states=batch.context).sample
+        prediction = setup.unet(
+            noisy, timesteps, encoder_hidden_states=batch.context, added_cond_kwargs=batch.added
+        ).sample
         loss = F.mse_loss(prediction.float(), noise.float())
     loss.backward()
     return loss.item()
@@ -332,7 +366,8 @@ def report(
     lines = [
         f"### One VMix training step against a frozen UNet's forward + backward ({args.device}, {args.dtype})",
         "",
-        f"torch {torch.__version__} · {device_name(setup.device)} · SD 1.5 UNet (diffusers, random weights, "
+        f"torch {torch.__version__} · {device_name(setup.device)} · {MODEL_NAMES[args.model]} UNet (diffusers, "
+        "random weights, "
         f"{setup.unet_params / 1e6:.0f} M parameters, {setup.layers} cross-attention layers) · batch {args.batch} · "
         f"{args.latent}×{args.latent} latent ({pixels}×{pixels} pixels) · 77 context tokens · gradient checkpointing "
         f"{ckpt} · median of {args.rounds} interleaved round{'s' if args.rounds != 1 else ''} after {args.warmup} "
@@ -371,8 +406,8 @@ def report(
     lines.append(
         "- Baseline: all UNet weights are frozen, so the noisy latents are made to require grad; backward then carries "
         "the gradient through the whole UNet to its input, as VMix's backward must reach the W_Va of every "
-        "cross-attention layer (VMix's stops at the first one, `down_blocks.0`'s, and skips `conv_in` and the first "
-        "ResNet). Neither computes gradients for the UNet's weights."
+        "cross-attention layer (VMix's stops at the first one and skips what lies before it). Neither computes "
+        "gradients for the UNet's weights."
     )
     lines.append(
         f"- VMix: `VMixTrainingStep.loss` with the adapter's value mixing in all {setup.layers} `attn2.to_v` "
@@ -412,10 +447,12 @@ def report(
             "and AdamW in fp32, as the trainer runs mixed precision"
             f"{' (with a GradScaler for fp16)' if args.dtype == 'float16' else ''}."
         )
-    if args.latent != 64:
+    native = NATIVE_LATENT[args.model]
+    if args.latent != native:
         lines.append(
-            f"- Latent reduced from 64×64 (SD 1.5's 512 pixels) to {args.latent}×{args.latent} to keep the run "
-            "within minutes on this machine; attention sees fewer query tokens than at full size."
+            f"- Latent reduced from {native}×{native} ({MODEL_NAMES[args.model]}'s {native * 8} pixels) to "
+            f"{args.latent}×{args.latent} to keep the run within minutes on this machine; attention sees fewer query "
+            "tokens than at full size."
         )
     lines.append(f"- Whole run, memory children included: {wall:.0f} s.")
     return "\n".join(lines)
@@ -426,8 +463,9 @@ def report(
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=tuple(CONTEXT_DIM), default="sd15", help="the UNet: SD 1.5's or SDXL's")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    parser.add_argument("--latent", type=int, default=None, help="latent side (default 32 on CPU, 64 on GPU)")
+    parser.add_argument("--latent", type=int, default=None, help="latent side (GPU: native; CPU: 32 or 16)")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default 1 on CPU, 4 on GPU)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5 on CPU, 20 on GPU)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing (default 1)")
@@ -450,7 +488,7 @@ def parse_args() -> argparse.Namespace:
     if args.dtype == "float16" and args.device != "cuda":
         parser.error("--dtype float16 needs CUDA (the trainer refuses fp16 elsewhere); use bfloat16")
     gpu = args.device == "cuda"
-    args.latent = args.latent or (64 if gpu else 32)
+    args.latent = args.latent or (NATIVE_LATENT[args.model] if gpu else CPU_LATENT[args.model])
     args.batch = args.batch or (4 if gpu else 1)
     args.rounds = args.rounds or (20 if gpu else 5)
     if args.rounds < 1 or args.warmup < 1:

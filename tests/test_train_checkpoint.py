@@ -97,10 +97,19 @@ def test_unreadable_and_foreign_files_name_the_problem(tiny, tmp_path):
         load_single_file(broken, tokenizer=tokenizer)
     with pytest.raises(CheckpointError, match="file not found"):
         load_single_file(tmp_path / "missing.safetensors")
-    sdxl = tmp_path / "sdxl.safetensors"
-    save_file({"conditioner.embedders.1.model.token_embedding.weight": torch.zeros(2, 2)}, str(sdxl))
-    with pytest.raises(CheckpointError, match=r"sdxl checkpoint.*SD 1\.x"):
-        load_single_file(sdxl, tokenizer=tokenizer)
+    refiner = tmp_path / "refiner.safetensors"
+    unet_weight = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2)}
+    save_file({"conditioner.embedders.0.model.token_embedding.weight": torch.zeros(2, 2)} | unet_weight, str(refiner))
+    with pytest.raises(CheckpointError, match=r"refiner\.safetensors.*SDXL refiner.*SDXL base"):
+        load_single_file(refiner, tokenizer=tokenizer)
+    text_only = tmp_path / "text.safetensors"
+    save_file({"conditioner.embedders.1.model.token_embedding.weight": torch.zeros(2, 2)}, str(text_only))
+    with pytest.raises(CheckpointError, match="not a Stable Diffusion checkpoint"):
+        load_single_file(text_only, tokenizer=tokenizer)
+    unknown = tmp_path / "unknown.safetensors"
+    save_file(unet_weight, str(unknown))
+    with pytest.raises(CheckpointError, match="no text encoder this trainer knows"):
+        load_single_file(unknown, tokenizer=tokenizer)
     lora = tmp_path / "lora.safetensors"
     save_file({"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(2, 2)}, str(lora))
     with pytest.raises(CheckpointError, match="not a Stable Diffusion checkpoint"):

@@ -57,7 +57,9 @@ def run_folder(tmp_path):
 
 def test_check_stops_before_training(run_folder, capsys):
     assert main(["--config", str(run_folder / "run.toml"), "--check"]) == 0
-    assert "fine" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "fine" in out
+    assert "base model: sd1, epsilon prediction; learning rate 0.0001, 16 px" in out  # the family's default rate
     assert not (run_folder / "out").exists()
 
 
@@ -69,9 +71,10 @@ def test_a_run_writes_the_adapter_and_a_rerun_resumes_to_the_end(run_folder, cap
     assert "resuming at step 2" in capsys.readouterr().out
 
 
-def test_the_example_config_is_valid_apart_from_its_paths():
+@pytest.mark.parametrize("example", ["train-sd15.toml", "train-sdxl.toml"])
+def test_the_example_configs_are_valid_apart_from_their_paths(example):
     with pytest.raises(Exception) as info:
-        load_config(Path(__file__).parents[1] / "examples" / "train-sd15.toml")
+        load_config(Path(__file__).parents[1] / "examples" / example)
     problems = info.value.problems
     assert problems and all("does not exist" in p for p in problems), problems
 

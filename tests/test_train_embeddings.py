@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from vmix_ext.adapter import Dimension
-from vmix_train.embeddings import aesthetic_embeddings, end_of_text_states, final_layer_norm
+from vmix_train.embeddings import aesthetic_embeddings, end_of_text_rows, final_layer_norm
+from vmix_train.model import BaseModel
 
 BOS, EOS = 62, 63
 WORDS = {w: i for i, w in enumerate("vivid colour natural lighting sharp focus sks1 sks2 sks3 a cat".split(), 1)}
@@ -37,9 +39,14 @@ def encoder():
     return CLIPTextModel(config).eval()
 
 
+def text_side(encoder: nn.Module, clip_skip: int = 1) -> BaseModel:
+    """A base model of which only the text side is used."""
+    return BaseModel(nn.Identity(), encoder, tokenize, EOS, scheduler=None, family="sd1", clip_skip=clip_skip)
+
+
 @pytest.mark.parametrize("clip_skip", [1, 2])
 def test_embedding_is_the_context_row_at_end_of_text(encoder, clip_skip):
-    positive, negative = aesthetic_embeddings(DIMS, tokenize, encoder, EOS, clip_skip)
+    positive, negative = aesthetic_embeddings(DIMS, text_side(encoder, clip_skip))
     assert positive.shape == negative.shape == (2, 32)
     with torch.no_grad():
         out = encoder(tokenize(["natural lighting"]), output_hidden_states=True)
@@ -51,7 +58,7 @@ def test_embedding_is_the_context_row_at_end_of_text(encoder, clip_skip):
 
 def test_first_end_of_text_is_used_not_the_padding(encoder):
     ids = tokenize(["sharp focus", "a"])
-    states = end_of_text_states(encoder, ids, EOS)
+    states = text_side(encoder).end_of_text_states(["sharp focus", "a"])
     with torch.no_grad():
         hidden = encoder(ids).last_hidden_state
     torch.testing.assert_close(states, torch.stack([hidden[0, 3], hidden[1, 2]]), atol=1e-6, rtol=0)
@@ -59,6 +66,6 @@ def test_first_end_of_text_is_used_not_the_padding(encoder):
 
 def test_cut_texts_and_bad_clip_skip_are_refused(encoder):
     with pytest.raises(ValueError, match="no end-of-text token"):
-        end_of_text_states(encoder, torch.full((1, 77), 5), EOS)
+        end_of_text_rows(torch.zeros(1, 77, 32), torch.full((1, 77), 5), EOS)
     with pytest.raises(ValueError, match="clip_skip counts from 1"):
-        end_of_text_states(encoder, tokenize(["a"]), EOS, clip_skip=0)
+        text_side(encoder, clip_skip=0)

@@ -21,13 +21,20 @@ import torch
 from helpers import random_adapter, tiny_diffusers_unet
 from ldm.modules.attention import SpatialTransformer
 from safetensors.torch import load_file, safe_open, save_file
-from tiny_checkpoint import CONTEXT_DIM, UNET_PARAMS, TinyLdmModel, original_config, write_tokenizer
+from tiny_checkpoint import (
+    CONTEXT_DIM,
+    SDXL_UNET_PARAMS,
+    UNET_PARAMS,
+    TinyLdmModel,
+    original_config,
+    write_tokenizer,
+)
 from torch import nn
 
 from vmix_ext.hooks import ValueMixer
 from vmix_ext.mixing import MixOptions
 from vmix_train.checkpoint import load_single_file
-from vmix_train.lora import LoraError, LoraSet, lora_targets, merged_weight, webui_layout_problem
+from vmix_train.lora import LoraError, LoraSet, lora_targets, merged_weight, read_lora_file, webui_layout_problem
 
 # Two ResNets per level as in every SD UNet: A1111's converter assumes that layout (see webui_layout_problem).
 SD_LAYOUT = {**UNET_PARAMS, "num_res_blocks": 2}
@@ -192,15 +199,38 @@ def test_fresh_lora_is_a_no_op_random_up_changes_output_detach_restores(tiny):
 
 def test_every_saved_key_lands_on_an_ldm_layer_in_a1111_and_forge(tiny, tmp_path):
     model, base, _ = tiny
+    tensors = assert_keys_land_once_in_both_hosts(model, base, SD_LAYOUT, tmp_path)
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in tensors
+    assert a1111_convert("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q") == (
+        "diffusion_model_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
+    )
+    assert a1111_convert("lora_unet_up_blocks_1_attentions_2_proj_out") == "diffusion_model_output_blocks_5_1_proj_out"
+
+
+def test_sdxl_lora_keys_land_on_the_sgm_unet_layers_in_a1111_and_forge(tmp_path):
+    """SDXL's layout: no attention at the first level, two transformer blocks per layer, 2048-wide context."""
+    params = {**SDXL_UNET_PARAMS, "num_res_blocks": 2, "attention_resolutions": [2]}
+    model = TinyLdmModel(unet_params=params, family="sdxl")
+    path = model.save(tmp_path / "tiny-sdxl.safetensors")
+    config = original_config(unet_params=params, family="sdxl")
+    base = load_single_file(path, original_config=config, tokenizer=write_tokenizer(tmp_path / "tok"))
+    tensors = assert_keys_land_once_in_both_hosts(model, base, params, tmp_path)
+    assert "lora_unet_down_blocks_1_attentions_1_transformer_blocks_1_attn2_to_k.lora_down.weight" in tensors
+    assert not any(k.startswith("lora_unet_down_blocks_0_") for k in tensors)
+    assert read_lora_file(tmp_path / "style.safetensors")[1]["ss_base_model_version"] == "sdxl_base_v1-0"
+
+
+def assert_keys_land_once_in_both_hosts(model: TinyLdmModel, base, params: dict, tmp_path) -> dict[str, torch.Tensor]:
+    """Save a LoRA of ``base.unet``; every key must land on the same ldm Linear under A1111's and Forge's
+    conversions, with the right shapes, and every transformer Linear of ``model.unet`` must get exactly one pair."""
     assert webui_layout_problem(base.unet) is None
     lora = LoraSet(base.unet, RANK, ALPHA, seed=0)
     path = lora.save(tmp_path / "style.safetensors")
     tensors = load_file(str(path))
-    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in tensors
 
     ldm_state = {"diffusion_model." + k for k in model.unet.state_dict()}
     a1111_layers = a1111_layer_names(model.unet)
-    forge = forge_key_map(SD_LAYOUT)
+    forge = forge_key_map(params)
     ldm_by_id = {id(m): n for n, m in model.unet.named_modules()}
     placed: dict[str, set[str]] = {}
     for key, value in tensors.items():
@@ -219,10 +249,7 @@ def test_every_saved_key_lands_on_an_ldm_layer_in_a1111_and_forge(tiny, tmp_path
         placed.setdefault(ldm_by_id[id(module)], set()).add(part)
     assert set(placed) == set(ldm_transformer_linears(model.unet))  # every target covered, each once
     assert all(parts == {"lora_down.weight", "lora_up.weight", "alpha"} for parts in placed.values())
-    assert a1111_convert("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q") == (
-        "diffusion_model_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
-    )
-    assert a1111_convert("lora_unet_up_blocks_1_attentions_2_proj_out") == "diffusion_model_output_blocks_5_1_proj_out"
+    return tensors
 
 
 def test_merging_the_file_into_the_ldm_unet_gives_the_hooked_diffusers_output(tiny, tmp_path):

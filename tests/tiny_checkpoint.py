@@ -1,5 +1,6 @@
-"""A tiny SD 1.x single-file checkpoint, built in code from the real ldm modules (UNet, VAE encoder/decoder) and a
-transformers CLIP text encoder, with the key names WebUI checkpoints use; plus CLIP tokenizer files for it."""
+"""Tiny SD 1.x, SD 2.x and SDXL single-file checkpoints, built in code from the real ldm modules (UNet, VAE
+encoder/decoder) and transformers CLIP text encoders, with the key names WebUI checkpoints use; plus CLIP tokenizer
+files for them."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import json
 from pathlib import Path
 
 import torch
+from helpers import share_context
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
+from ldm.modules.diffusionmodules.util import timestep_embedding
 from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from vmix_train.checkpoint import SD1_ORIGINAL_CONFIG
+from vmix_train.checkpoint import SD1_ORIGINAL_CONFIG, sdxl_original_config
 
 # The two dimensions of the trainer tests' run configs, as TOML tables.
 DIMENSIONS_TOML = """
@@ -50,6 +53,14 @@ SD2_UNET_PARAMS = {k: v for k, v in UNET_PARAMS.items() if k != "num_heads"} | {
     "num_head_channels": 16,
     "context_dim": 1024,
 }
+# SDXL: the 2048-wide context of CLIP ViT-L (768) and OpenCLIP ViT-bigG (1280), two transformer blocks per layer,
+# and the vector conditioning: the pooled bigG text (1280) and six sizes embedded 256 wide each.
+SDXL_UNET_PARAMS = SD2_UNET_PARAMS | {
+    "context_dim": 2048,
+    "transformer_depth": 2,
+    "num_classes": "sequential",
+    "adm_in_channels": 1280 + 6 * 256,
+}
 VAE_PARAMS = {
     "double_z": True,
     "z_channels": 4,
@@ -64,10 +75,11 @@ VAE_PARAMS = {
 }
 
 
-def original_config(parameterization: str = "eps", unet_params: dict | None = None) -> dict:
-    """The ldm YAML of the tiny model, as a dict: SD 1.x's v1-inference values (the trainer's built-in copy) with the
-    tiny UNet and VAE. ``unet_params``: the UNet's, when the model was built with other ones."""
-    config = copy.deepcopy(SD1_ORIGINAL_CONFIG)
+def original_config(parameterization: str = "eps", unet_params: dict | None = None, family: str = "sd1") -> dict:
+    """The ldm YAML of the tiny model, as a dict: the trainer's built-in values for the family (SD 1.x's
+    v1-inference, or sd_xl_base with its VAE scale) with the tiny UNet and VAE. ``unet_params``: the UNet's, when
+    the model was built with other ones."""
+    config = sdxl_original_config() if family == "sdxl" else copy.deepcopy(SD1_ORIGINAL_CONFIG)
     params = config["model"]["params"]
     params["parameterization"] = parameterization
     params["unet_config"]["params"] = dict(unet_params or UNET_PARAMS)
@@ -82,27 +94,17 @@ class TinyLdmModel(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.family = family
-        if family == "sd2":
-            unet_params = unet_params or SD2_UNET_PARAMS
-        self.unet = UNetModel(**(unet_params or UNET_PARAMS))  # other params: e.g. SD's 2 ResNets per level
+        unet_params = unet_params or {"sd2": SD2_UNET_PARAMS, "sdxl": SDXL_UNET_PARAMS}.get(family, UNET_PARAMS)
+        self.unet = sgm_unet(unet_params) if family == "sdxl" else UNetModel(**unet_params)
         self.encoder = Encoder(**VAE_PARAMS)
         self.decoder = Decoder(**VAE_PARAMS)
         self.quant_conv = nn.Conv2d(8, 8, 1)
         self.post_quant_conv = nn.Conv2d(4, 4, 1)
-        sd2 = family == "sd2"
-        self.clip = CLIPTextModel(  # SD 2.x: OpenCLIP's text tower, GELU, one block more than the context uses
-            CLIPTextConfig(
-                vocab_size=len(tokenizer_vocab()),
-                hidden_size=1024 if sd2 else CONTEXT_DIM,
-                intermediate_size=128,
-                num_hidden_layers=4 if sd2 else 3,
-                num_attention_heads=16 if sd2 else 12,
-                max_position_embeddings=77,
-                hidden_act="gelu" if sd2 else "quick_gelu",
-                bos_token_id=tokenizer_vocab()["<|startoftext|>"],
-                eos_token_id=tokenizer_vocab()["<|endoftext|>"],
-            )
-        )
+        # SD 2.x: OpenCLIP's text tower (GELU, one block more than the context uses); SD 1.x and SDXL's first
+        # encoder: CLIP ViT-L; SDXL's second: OpenCLIP ViT-bigG, whose text projection gives the pooled vector.
+        self.clip = clip_text_model(1024 if family == "sd2" else CONTEXT_DIM, open_clip=family == "sd2")
+        self.clip_g = clip_text_model(1280, open_clip=True) if family == "sdxl" else None
+        self.text_projection = nn.Parameter(torch.randn(1280, 1280) / 1280**0.5) if family == "sdxl" else None
         with torch.no_grad():  # ldm zero-initialises output layers; random weights make every part count
             for p in self.parameters():
                 if p.abs().sum() == 0:
@@ -118,15 +120,61 @@ class TinyLdmModel(nn.Module):
                 state[f"first_stage_model.{part}.{k}"] = v
         if self.family == "sd2":
             state.update(open_clip_state(self.clip, "cond_stage_model.model."))
+        elif self.family == "sdxl":
+            state.update(clip_state(self.clip, "conditioner.embedders.0.transformer."))
+            state.update(open_clip_state(self.clip_g, "conditioner.embedders.1.model.", self.text_projection.detach()))
         else:
-            for k, v in self.clip.state_dict().items():
-                key = k if k.startswith("text_model.") else "text_model." + k
-                state["cond_stage_model.transformer." + key] = v
+            state.update(clip_state(self.clip, "cond_stage_model.transformer."))
         return {k: v.contiguous() for k, v in state.items()}
+
+    @torch.no_grad()
+    def sdxl_vector(self, pooled: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        """sgm's vector conditioning ``y``: the pooled text, then each of the six size numbers (original size, crop
+        corner, target size) as a 256-wide sinusoidal embedding (sgm's ConcatTimestepEmbedderND)."""
+        embedded = timestep_embedding(sizes.flatten(), 256).reshape(sizes.shape[0], -1)
+        return torch.cat([pooled, embedded], dim=-1)
 
     def save(self, path: Path) -> Path:
         save_file(self.state_dict_ldm(), str(path))
         return path
+
+
+def clip_text_model(width: int, open_clip: bool) -> CLIPTextModel:
+    vocab = tokenizer_vocab()
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=width,
+            intermediate_size=128,
+            num_hidden_layers=4 if open_clip else 3,
+            num_attention_heads=width // 64,
+            max_position_embeddings=77,
+            hidden_act="gelu" if open_clip else "quick_gelu",
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+        )
+    )
+
+
+def sgm_unet(params: dict) -> UNetModel:
+    """An SDXL-shaped UNet as sgm builds it, from the pip ldm's UNetModel: every transformer block sees the same
+    context, and ``label_emb`` (Linear, SiLU, Linear) adds the vector conditioning to the time embedding; the pip
+    ldm knows neither, so both are added here the way sgm's openaimodel.py has them."""
+    ldm_params = {k: v for k, v in params.items() if k not in ("num_classes", "adm_in_channels")}
+    ldm_params["context_dim"] = [params["context_dim"]] * params["transformer_depth"]
+    unet = UNetModel(**ldm_params)
+    share_context(unet)
+    width = unet.time_embed[0].out_features
+    unet.num_classes = "sequential"
+    unet.label_emb = nn.Sequential(
+        nn.Sequential(nn.Linear(params["adm_in_channels"], width), nn.SiLU(), nn.Linear(width, width))
+    )
+    return unet
+
+
+def clip_state(clip: CLIPTextModel, prefix: str) -> dict[str, torch.Tensor]:
+    """transformers' names with the ``text_model.`` prefix (transformers 4), as checkpoints store CLIP ViT-L."""
+    return {prefix + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in clip.state_dict().items()}
 
 
 def tokenizer_vocab() -> dict[str, int]:
@@ -143,16 +191,21 @@ def write_tokenizer(folder: Path) -> Path:
     return folder
 
 
-def open_clip_state(clip: CLIPTextModel, prefix: str) -> dict[str, torch.Tensor]:
-    """A transformers CLIP text model's weights under OpenCLIP's names, as SD 2.x checkpoints store its text tower
-    (fused q/k/v ``in_proj``, ``resblocks``, ``ln_final``, a ``text_projection``)."""
+def open_clip_state(
+    clip: CLIPTextModel, prefix: str, projection: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """A transformers CLIP text model's weights under OpenCLIP's names, as SD 2.x and SDXL checkpoints store its
+    text tower (fused q/k/v ``in_proj``, ``resblocks``, ``ln_final``, a ``text_projection``, random when not
+    given: SD 2.x does not use it)."""
     weights = {k.removeprefix("text_model."): v for k, v in clip.state_dict().items()}
     out = {
         "token_embedding.weight": weights["embeddings.token_embedding.weight"],
         "positional_embedding": weights["embeddings.position_embedding.weight"],
         "ln_final.weight": weights["final_layer_norm.weight"],
         "ln_final.bias": weights["final_layer_norm.bias"],
-        "text_projection": torch.randn(clip.config.hidden_size, clip.config.hidden_size),
+        "text_projection": torch.randn(clip.config.hidden_size, clip.config.hidden_size)
+        if projection is None
+        else projection,
     }
     for i in range(clip.config.num_hidden_layers):
         layer, block = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."

@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
             clip_skip=config.clip_skip,
             prediction=config.prediction,
         )
+        options = config.train.for_model(base.family, base.scheduler.config.prediction_type)
+        say(
+            f"[VMix] base model: {base.family}, {base.scheduler.config.prediction_type} prediction; "
+            f"learning rate {options.learning_rate:g}, {options.resolution} px"
+        )
         if args.check:
             say("[VMix] config, dataset and base model are fine")
             return 0

@@ -1,7 +1,9 @@
 """Loading a WebUI single-file checkpoint (``.safetensors``) offline, as diffusers/transformers modules.
 
-The conversion of the ldm key names is diffusers' own (``diffusers.loaders.single_file_utils``); what this module
-adds is that nothing is fetched: the ldm model config is built in (SD 1.x's ``v1-inference.yaml`` values) or read
+SD 1.x, SD 2.x and SDXL base checkpoints all load into the same implementation: diffusers' UNet2DConditionModel and
+AutoencoderKL, transformers' CLIP text models. The conversion of the ldm/sgm key names is diffusers' own
+(``diffusers.loaders.single_file_utils``); what this module adds is that nothing is fetched: the model config is
+built in (Stability's ``v1-inference.yaml``, ``v2-inference(-v).yaml`` and ``sd_xl_base.yaml`` values) or read
 from a local YAML file, the text encoder's config is read off the checkpoint's tensor shapes, and the tokenizer comes
 from a local folder or the Hugging Face cache the WebUI already filled. ``.ckpt`` files are refused: loading them
 runs pickle.
@@ -24,6 +26,8 @@ from vmix_train.model import BaseModel
 
 SD1_CLIP_TOKENIZER = "openai/clip-vit-large-patch14"  # the tokenizer A1111 loads for SD 1.x (kept in the HF cache)
 _CLIP_PREFIX = "cond_stage_model.transformer."
+_SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."  # SDXL's CLIP ViT-L, transformers' names
+_SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."  # SDXL's OpenCLIP ViT-bigG, OpenCLIP's names
 _FAMILY_MARKERS = {  # a key only that family's checkpoints hold
     "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": "sd1",
     "cond_stage_model.model.token_embedding.weight": "sd2",
@@ -90,6 +94,30 @@ def sd2_original_config(parameterization: str) -> dict[str, Any]:
     return config
 
 
+def sdxl_original_config() -> dict[str, Any]:
+    """Stability's sd_xl_base.yaml values: 2048-wide context (CLIP ViT-L ‖ OpenCLIP ViT-bigG), no attention at the
+    first level, 2 and 10 transformer blocks per layer below it, the pooled-text-and-sizes vector (2816 wide) added
+    to the time embedding, and SDXL's VAE scale factor. diffusers reads this UNet section as ``unet_config`` or as
+    sgm's ``network_config``."""
+    config = copy.deepcopy(SD1_ORIGINAL_CONFIG)
+    params = config["model"]["params"]
+    params["scale_factor"] = 0.13025
+    unet = params["unet_config"]["params"]
+    del unet["num_heads"]
+    unet.update(
+        image_size=128,
+        attention_resolutions=[4, 2],
+        channel_mult=[1, 2, 4],
+        num_head_channels=64,
+        use_linear_in_transformer=True,
+        transformer_depth=[1, 2, 10],
+        context_dim=2048,
+        num_classes="sequential",
+        adm_in_channels=2816,
+    )
+    return config
+
+
 PREDICTIONS = {"epsilon": "eps", "v": "v"}  # [model] prediction -> the ldm config's parameterization
 _OPEN_CLIP_PREFIX = "cond_stage_model.model."
 
@@ -111,43 +139,62 @@ def load_single_file(
     text_encoder_heads: int | None = None,
     prediction: str | None = None,
 ) -> BaseModel:
-    """Load an SD 1.x or SD 2.x single-file checkpoint on the CPU in float32, frozen.
+    """Load an SD 1.x, SD 2.x or SDXL base single-file checkpoint on the CPU in float32, frozen.
 
-    ``original_config``: the ldm YAML (the WebUI's ``configs/v1-inference.yaml``, or the ``.yaml`` next to a
-    checkpoint) or its parsed dict; SD 1.x's values when omitted. ``tokenizer``: a folder with CLIP's
-    ``vocab.json`` and ``merges.txt``; when omitted, the copy in the Hugging Face cache that the WebUI downloaded.
-    ``text_encoder_heads``: attention heads of the text encoder (width / 64 when omitted, as in every CLIP).
-    ``prediction``: "epsilon" or "v", overriding the config; SD 2.x needs it (or a config) because its weights do not
-    say whether the model is a v-prediction one (768-v) or not (512-base).
+    ``original_config``: the ldm/sgm YAML (the WebUI's ``configs/v1-inference.yaml``, or the ``.yaml`` next to a
+    checkpoint) or its parsed dict; the family's standard values when omitted. ``tokenizer``: a folder with CLIP's
+    ``vocab.json`` and ``merges.txt`` (every family's tokenizers share CLIP's vocabulary); when omitted, the copy in
+    the Hugging Face cache that the WebUI downloaded. ``text_encoder_heads``: attention heads of the text encoders
+    (width / 64 when omitted, as in every CLIP). ``prediction``: "epsilon" or "v", overriding the config; SD 2.x
+    needs it (or a config) because its weights do not say whether the model is a v-prediction one (768-v) or not
+    (512-base).
     """
     path = Path(path)
     checkpoint = _read_checkpoint(path)
     family = detect_family(checkpoint, path)
-    if family not in ("sd1", "sd2"):
-        raise CheckpointError(path, f"is a {family} checkpoint; this trainer trains SD 1.x and SD 2.x checkpoints")
+    if family == "sdxl_refiner":
+        raise CheckpointError(
+            path,
+            "is an SDXL refiner checkpoint; the trainer trains base models (SD 1.x, SD 2.x, SDXL base). Train on the "
+            "SDXL base checkpoint; an adapter for the refiner would need the refiner's own 1280-wide context",
+        )
     if prediction is not None and prediction not in PREDICTIONS:
         raise CheckpointError(path, f"prediction must be one of {list(PREDICTIONS)}, not {prediction!r}")
-    if family == "sd2":
-        if original_config is None and prediction is None:
-            raise CheckpointError(
-                path,
-                "is an SD 2.x checkpoint, which is either v-prediction (768-v models) or ε-prediction (512-base): "
-                'set [model] prediction = "v" or "epsilon" (or give its YAML as [model] config)',
-            )
-        if clip_skip != 1:
-            raise CheckpointError(path, "SD 2.x always uses the text encoder's penultimate layer; leave clip_skip at 1")
-        config = _original_config(original_config, path) if original_config is not None else sd2_original_config("v")
-    else:
+    if family == "sd2" and original_config is None and prediction is None:
+        raise CheckpointError(
+            path,
+            "is an SD 2.x checkpoint, which is either v-prediction (768-v models) or ε-prediction (512-base): "
+            'set [model] prediction = "v" or "epsilon" (or give its YAML as [model] config)',
+        )
+    if family != "sd1" and clip_skip != 1:
+        layers = (
+            "both text encoders' penultimate layers" if family == "sdxl" else "its text encoder's penultimate layer"
+        )
+        raise CheckpointError(path, f"{_FAMILY_NAMES[family]} always uses {layers}; leave clip_skip at 1")
+    if original_config is not None:
         config = _original_config(original_config, path)
+    else:
+        config = {"sd1": SD1_ORIGINAL_CONFIG, "sd2": sd2_original_config("v"), "sdxl": sdxl_original_config()}[family]
+        config = copy.deepcopy(config)
     params = config["model"]["params"]
     if prediction is not None:
         params["parameterization"] = PREDICTIONS[prediction]
     unet = _load_unet(checkpoint, config, path)
     vae = _load_vae(checkpoint, config, path)
-    # SD 2.x's OpenCLIP tokenizer is CLIP's vocabulary with a different padding token (0), as A1111 pads it.
-    tokenize, bos, eos = _tokenizer(tokenizer, path, pad_id=0 if family == "sd2" else None)
+    # Every family tokenizes with CLIP's vocabulary. OpenCLIP's towers (SD 2.x, SDXL's second encoder) pad with
+    # token 0 after the end of text, as A1111 pads them; CLIP ViT-L pads with the end-of-text token.
+    tokenize, bos, eos = _tokenizer(tokenizer, path)
+    tokenize_2 = None
+    text_encoder_2 = None
     if family == "sd2":
+        tokenize = _pad_with_zero(tokenize, eos)
         text_encoder = _load_open_clip(checkpoint, path, text_encoder_heads, bos, eos)
+    elif family == "sdxl":
+        text_encoder = _load_clip(checkpoint, path, text_encoder_heads, bos, eos, _SDXL_CLIP_PREFIX)
+        tokenize_2 = _pad_with_zero(tokenize, eos)
+        text_encoder_2 = _load_open_clip(
+            checkpoint, path, text_encoder_heads, bos, eos, _SDXL_OPEN_CLIP_PREFIX, with_projection=True
+        )
     else:
         text_encoder = _load_clip(checkpoint, path, text_encoder_heads, bos, eos)
     scheduler = noise_schedule(params)
@@ -162,17 +209,24 @@ def load_single_file(
         clip_skip=clip_skip,
         name=path.name,
         hash=short_hash(path),
+        text_encoder_2=text_encoder_2,
+        tokenize_2=tokenize_2,
     )
     return base.freeze()
 
 
+_FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+
+
 def detect_family(checkpoint: dict[str, torch.Tensor], path: str | Path) -> str:
+    if not any(key.startswith("model.diffusion_model.") for key in checkpoint):
+        raise CheckpointError(
+            path, "is not a Stable Diffusion checkpoint (no model.diffusion_model.* weights; a LoRA, VAE or embedding?)"
+        )
     for key, family in _FAMILY_MARKERS.items():
         if key in checkpoint:
             return family
-    if "model.diffusion_model.input_blocks.0.0.weight" in checkpoint:
-        raise CheckpointError(path, "holds a UNet but no text encoder this trainer knows (SD 1.x, SD 2.x or SDXL)")
-    raise CheckpointError(path, "is not a Stable Diffusion checkpoint (no model.diffusion_model.* weights)")
+    raise CheckpointError(path, "holds a UNet but no text encoder this trainer knows (SD 1.x, SD 2.x or SDXL)")
 
 
 def noise_schedule(params: dict[str, Any]) -> Any:
@@ -277,10 +331,16 @@ def _load_part(
 
 
 def _load_clip(
-    checkpoint: dict[str, torch.Tensor], path: Path, heads: int | None, bos: int, eos: int
+    checkpoint: dict[str, torch.Tensor],
+    path: Path,
+    heads: int | None,
+    bos: int,
+    eos: int,
+    prefix: str = _CLIP_PREFIX,
 ) -> torch.nn.Module:
-    """SD 1.x's CLIP ViT-L text encoder, stored with transformers' own names under ``cond_stage_model.transformer``."""
-    state = {k[len(_CLIP_PREFIX) :]: v for k, v in checkpoint.items() if k.startswith(_CLIP_PREFIX)}
+    """The CLIP ViT-L text encoder, stored with transformers' own names under ``prefix``
+    (``cond_stage_model.transformer.`` in SD 1.x, ``conditioner.embedders.0.transformer.`` in SDXL)."""
+    state = {k[len(prefix) :]: v for k, v in checkpoint.items() if k.startswith(prefix)}
     vocab, width = state["text_model.embeddings.token_embedding.weight"].shape
     shape = _TextShape(
         vocab=vocab,
@@ -294,33 +354,50 @@ def _load_clip(
 
 
 def _load_open_clip(
-    checkpoint: dict[str, torch.Tensor], path: Path, heads: int | None, bos: int, eos: int
+    checkpoint: dict[str, torch.Tensor],
+    path: Path,
+    heads: int | None,
+    bos: int,
+    eos: int,
+    prefix: str = _OPEN_CLIP_PREFIX,
+    with_projection: bool = False,
 ) -> torch.nn.Module:
-    """SD 2.x's OpenCLIP text tower as a transformers CLIPTextModel without its last block: the UNet context is
-    the penultimate block's output through the final layer norm (ldm's FrozenOpenCLIPEmbedder, layer "penultimate",
-    which A1111 uses), so the last block is dropped and ``last_hidden_state`` is that context."""
+    """An OpenCLIP text tower as a transformers CLIP text model.
+
+    SD 2.x (``with_projection`` False): the UNet context is the penultimate block's output through the final layer
+    norm (ldm's FrozenOpenCLIPEmbedder, layer "penultimate", which A1111 uses), so the last block is dropped and
+    ``last_hidden_state`` is that context. SDXL (``with_projection`` True): the whole tower with its text projection,
+    a CLIPTextModelWithProjection; the context is ``hidden_states[-2]`` (sgm's "penultimate", without the final
+    layer norm) and ``text_embeds`` is the pooled vector (the final layer norm's end-of-text row, projected).
+    """
     from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
 
-    prefix = _OPEN_CLIP_PREFIX
     block_keys = [k for k in checkpoint if k.startswith(prefix + "transformer.resblocks.")]
     blocks = {int(k[len(prefix) :].split(".")[2]) for k in block_keys}
     if not blocks:
-        raise CheckpointError(path, "its SD 2.x text encoder has no transformer blocks")
+        raise CheckpointError(path, "its OpenCLIP text encoder has no transformer blocks")
     last = max(blocks)
-    kept = {k: v for k, v in checkpoint.items() if not k.startswith(f"{prefix}transformer.resblocks.{last}.")}
+    kept = checkpoint
+    if not with_projection:
+        kept = {k: v for k, v in checkpoint.items() if not k.startswith(f"{prefix}transformer.resblocks.{last}.")}
+    projection = checkpoint.get(prefix + "text_projection")
+    if with_projection and projection is None:
+        raise CheckpointError(path, f"its OpenCLIP text encoder has no {prefix}text_projection (the pooled output)")
     vocab, width = checkpoint[prefix + "token_embedding.weight"].shape
     shape = _TextShape(
         vocab=vocab,
         width=width,
         inner=checkpoint[prefix + "transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        layers=last,  # all but the last block
+        layers=last + 1 if with_projection else last,  # SD 2.x: all but the last block
         positions=checkpoint[prefix + "positional_embedding"].shape[0],
         activation="gelu",
+        projection=int(projection.shape[1]) if with_projection and projection is not None else None,
     )
 
     def convert(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         state = convert_open_clip_checkpoint(model, kept, prefix=prefix)
-        state.pop("text_projection.weight", None)  # the pooled projection; the context does not use it
+        if not with_projection:
+            state.pop("text_projection.weight", None)  # the pooled projection; SD 2.x's context does not use it
         return state
 
     return _text_model(shape, convert, path, heads, bos, eos)
@@ -336,6 +413,7 @@ class _TextShape:
     layers: int
     positions: int
     activation: str
+    projection: int | None = None  # the pooled output's projection width; None = no projection (CLIPTextModel)
 
 
 def _text_model(
@@ -346,9 +424,10 @@ def _text_model(
     bos: int,
     eos: int,
 ) -> torch.nn.Module:
-    """A transformers CLIPTextModel of ``shape`` loaded with ``weights`` (named as in transformers 4, with the
-    ``text_model.`` prefix; or a function of the new model that returns them)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """A transformers CLIPTextModel (CLIPTextModelWithProjection when ``shape.projection`` is set) of ``shape``
+    loaded with ``weights`` (named as in transformers 4, with the ``text_model.`` prefix; or a function of the new
+    model that returns them)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
         vocab_size=shape.vocab,
@@ -360,8 +439,9 @@ def _text_model(
         hidden_act=shape.activation,
         bos_token_id=bos,
         eos_token_id=eos,  # only the pooled output reads it; the context does not
+        projection_dim=shape.projection or shape.width,
     )
-    model = CLIPTextModel(config)
+    model = CLIPTextModelWithProjection(config) if shape.projection else CLIPTextModel(config)
     state = weights(model) if callable(weights) else weights
     if not hasattr(model, "text_model"):  # transformers 5 dropped the text_model wrapper
         state = {k.removeprefix("text_model."): v for k, v in state.items()}
@@ -369,7 +449,7 @@ def _text_model(
     return model
 
 
-def _tokenizer(source: str | Path | None, path: Path, pad_id: int | None = None) -> tuple[Any, int, int]:
+def _tokenizer(source: str | Path | None, path: Path) -> tuple[Any, int, int]:
     from transformers import CLIPTokenizer
 
     try:
@@ -393,11 +473,18 @@ def _tokenizer(source: str | Path | None, path: Path, pad_id: int | None = None)
 
     def tokenize(texts: list[str]) -> torch.Tensor:
         batch = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
-        ids = batch.input_ids
-        if pad_id is not None:  # everything after the first end-of-text token is padding
-            ends_so_far = (ids == tokenizer.eos_token_id).int().cumsum(-1)
-            after_end = (ends_so_far > 1) | ((ends_so_far == 1) & (ids != tokenizer.eos_token_id))
-            ids = ids.masked_fill(after_end, pad_id)
-        return ids
+        return batch.input_ids
 
     return tokenize, int(tokenizer.bos_token_id), int(tokenizer.eos_token_id)
+
+
+def _pad_with_zero(tokenize: Callable[[list[str]], torch.Tensor], eos: int) -> Callable[[list[str]], torch.Tensor]:
+    """``tokenize`` with everything after the first end-of-text token set to 0, OpenCLIP's padding."""
+
+    def padded(texts: list[str]) -> torch.Tensor:
+        ids = tokenize(texts)
+        ends_so_far = (ids == eos).int().cumsum(-1)
+        after_end = (ends_so_far > 1) | ((ends_so_far == 1) & (ids != eos))
+        return ids.masked_fill(after_end, 0)
+
+    return padded

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,30 @@ class ConfigError(ValueError):
         super().__init__(f"training config '{path}' has {len(problems)} problem(s):\n{listing}")
 
 
+# The paper's learning rates: 1e-4 for SD 1.5 and 1e-5 for SDXL; SD 2.x (not in the paper) takes SD 1.5's.
+FAMILY_LEARNING_RATE = {"sd1": 1e-4, "sd2": 1e-4, "sdxl": 1e-5}
+
+
+def native_resolution(family: str, prediction_type: str) -> int:
+    """The image size a family's base models were trained at: 512 for SD 1.x and SD 2.x 512-base, 768 for SD 2.x's
+    v-prediction models, 1024 for SDXL."""
+    if family == "sdxl":
+        return 1024
+    if family == "sd2" and prediction_type == "v_prediction":
+        return 768
+    return 512
+
+
 @dataclass(frozen=True)
 class TrainingOptions:
-    """[train]: the paper used lr 1e-4 for SD 1.5, batch 256 and 50k steps; these defaults fit one consumer GPU."""
+    """[train]: the paper used batch 256 and 50k steps; these defaults fit one consumer GPU. ``learning_rate`` and
+    ``resolution`` 0 mean the model family's values (``for_model``)."""
 
     steps: int = 2000
     batch_size: int = 4
     gradient_accumulation: int = 1
     global_batch_size: int = 0  # images per optimizer step over all processes; 0 = batch × accumulation × processes
-    learning_rate: float = 1e-4
+    learning_rate: float = 0.0  # 0 = the paper's rate for the family: 1e-4 (SD 1.x, SD 2.x), 1e-5 (SDXL)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
@@ -49,10 +64,18 @@ class TrainingOptions:
     seed: int = 0
     save_every: int = 500
     sample_every: int = 500
-    resolution: int = 512  # images are resized (shorter side) and centre-cropped to a square of this size
+    resolution: int = 0  # a square this size, the shorter side resized, the centre cut; 0 = the family's native size
     sample_count: int = 4  # sample grids use the first N captions of the dataset, seeds 0..N-1
     sample_steps: int = 25  # DDIM steps, as in the paper's evaluation
     sample_guidance: float = 7.5  # CFG scale, as in the paper's evaluation
+
+    def for_model(self, family: str, prediction_type: str) -> TrainingOptions:
+        """These options with ``learning_rate`` and ``resolution`` 0 replaced by the family's values."""
+        return replace(
+            self,
+            learning_rate=self.learning_rate or FAMILY_LEARNING_RATE.get(family, FAMILY_LEARNING_RATE["sd1"]),
+            resolution=self.resolution or native_resolution(family, prediction_type),
+        )
 
 
 @dataclass(frozen=True)
@@ -198,7 +221,7 @@ def _training_options(section: Any, problems: list[str]) -> TrainingOptions | No
         "batch_size": lambda v: v >= 1,
         "gradient_accumulation": lambda v: v >= 1,
         "global_batch_size": lambda v: v >= 0,
-        "learning_rate": lambda v: 0 < v < 1,
+        "learning_rate": lambda v: 0 <= v < 1,
         "adam_beta1": lambda v: 0 <= v < 1,
         "adam_beta2": lambda v: 0 <= v < 1,
         "adam_epsilon": lambda v: v > 0,
@@ -209,7 +232,7 @@ def _training_options(section: Any, problems: list[str]) -> TrainingOptions | No
         "lora_rank": lambda v: v >= 0,
         "save_every": lambda v: v >= 1,
         "sample_every": lambda v: v >= 1,
-        "resolution": lambda v: v >= 8 and v % 8 == 0,
+        "resolution": lambda v: v == 0 or (v >= 8 and v % 8 == 0),
         "sample_count": lambda v: v >= 0,
         "sample_steps": lambda v: v >= 1,
         "sample_guidance": lambda v: v >= 1,

@@ -58,10 +58,14 @@ def stream(seed: int, kind: str, index: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + _STREAMS[kind]) * 2_147_483_647 + index)
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """RGB in [-1, 1], (3, size, size): the shorter side resized to ``size``, then the centre cut out."""
+def load_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int, int, int, int, int]]:
+    """RGB in [-1, 1], (3, size, size): the shorter side resized to ``size``, then the centre cut out; and SDXL's
+    size conditioning for it: (original height, original width, crop top, crop left, size, size), the crop's
+    corner counted in the resized image, as SDXL was trained (sgm's original_size_as_tuple, crop_coords_top_left
+    and target_size_as_tuple)."""
     with Image.open(path) as image:
         image = image.convert("RGB")
+        original = (image.height, image.width)
         scale = size / min(image.size)
         resized = image.resize(
             (max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.Resampling.BICUBIC
@@ -69,7 +73,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     left, top = (resized.width - size) // 2, (resized.height - size) // 2
     crop = resized.crop((left, top, left + size, top + size))
     pixels = torch.frombuffer(bytearray(crop.tobytes()), dtype=torch.uint8).reshape(size, size, 3)
-    return pixels.permute(2, 0, 1).float() / 127.5 - 1
+    return pixels.permute(2, 0, 1).float() / 127.5 - 1, (*original, top, left, size, size)
 
 
 class Trainer:
@@ -92,7 +96,8 @@ class Trainer:
         world: World | None = None,
     ) -> None:
         self.config = config
-        self.options = config.train
+        # learning_rate and resolution 0 become the family's: 1e-5 and 1024 for SDXL, …
+        self.options = config.train.for_model(base.family, base.scheduler.config.prediction_type)
         self.base = base
         self.examples = list(examples)
         self.world = world or World()
@@ -108,15 +113,13 @@ class Trainer:
         # The frozen UNet and text encoder run in the mixed-precision dtype (half the memory); the VAE stays in
         # float32 (SD's VAE overflows in fp16) and only runs once per image, its latents being cached.
         base.freeze()
-        for module in (base.unet, base.text_encoder):
+        for module in (base.unet, *base.text_encoders):
             _move(module, self.device, self.precision or torch.float32)
         if base.vae is not None:
             _move(base.vae, self.device, torch.float32)
         if self.options.gradient_checkpointing:
             base.unet.enable_gradient_checkpointing()
-        positive, negative = aesthetic_embeddings(
-            config.dimensions, base.tokenize, base.text_encoder, base.eos_token_id, base.clip_skip
-        )
+        positive, negative = aesthetic_embeddings(config.dimensions, base)
         with torch.random.fork_rng(devices=[]):  # F's initial weights come from the run's seed: runs repeat
             torch.manual_seed(self.options.seed)
             self.adapter = VMixAdapter.untrained(base.unet, config.dimensions, positive, negative, base.family)
@@ -144,6 +147,7 @@ class Trainer:
         self.losses: list[float] = []
         self.step = 0
         self._latents: dict[int, torch.Tensor] = {}
+        self._sizes: dict[int, tuple[int, ...]] = {}  # each image's SDXL size conditioning (``load_image``)
         self.on_step: Callable[[int], None] | None = None  # called after each optimizer step (tests, monitors)
 
     def _accumulation(self) -> int:
@@ -274,7 +278,8 @@ class Trainer:
     def latent(self, index: int) -> torch.Tensor:
         cached = self._latents.get(index)
         if cached is None:
-            pixels = load_image(self.examples[index].image, self.options.resolution).unsqueeze(0)
+            image, self._sizes[index] = load_image(self.examples[index].image, self.options.resolution)
+            pixels = image.unsqueeze(0)
             if self.base.vae is None:
                 cached = pixels[0]
             else:
@@ -308,12 +313,18 @@ class Trainer:
             noise.append(torch.randn(latents.shape[1:], generator=generator))
             timesteps.append(torch.randint(0, steps, (), generator=generator))
         dtype = self.precision or torch.float32
+        text = self.base.encode(captions)
+        added = None
+        if text.pooled is not None:  # SDXL: the pooled text and each image's size and crop
+            sizes = torch.tensor([self._sizes[i] for i in indices], dtype=torch.float32, device=self.device)
+            added = {"text_embeds": text.pooled, "time_ids": sizes}
         return Batch(
             latents=latents.to(self.device, dtype),
-            context=self.base.encode_text(captions),
+            context=text.context,
             strengths=torch.tensor([self.examples[i].labels for i in indices], device=self.device),
             noise=torch.stack(noise),
             timesteps=torch.stack(timesteps),
+            added=added,
         )
 
     # -- the loop ----------------------------------------------------------------------------------------------

@@ -13,15 +13,23 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vmix_train.embeddings import final_layer_norm
+from vmix_train.embeddings import end_of_text_rows, final_layer_norm
 
 Tokenize = Callable[[list[str]], torch.Tensor]  # texts -> input_ids (N, 77), padded as the UNet context is
 
 
 @dataclass
+class TextConditioning:
+    """What the UNet gets from the captions."""
+
+    context: torch.Tensor  # (B, 77, d): the cross-attention context
+    pooled: torch.Tensor | None = None  # (B, 1280): SDXL's pooled OpenCLIP-bigG vector; None for SD 1.x/2.x
+
+
+@dataclass
 class BaseModel:
     unet: nn.Module  # diffusers UNet2DConditionModel
-    text_encoder: nn.Module  # transformers CLIPTextModel
+    text_encoder: nn.Module  # transformers CLIPTextModel (SDXL: CLIP ViT-L, the context's first 768 channels)
     tokenize: Tokenize
     eos_token_id: int
     scheduler: object  # diffusers DDPMScheduler: the training noise schedule and prediction type
@@ -30,6 +38,12 @@ class BaseModel:
     clip_skip: int = 1  # A1111's "clip skip": 1 = the last layer
     name: str = ""  # the checkpoint's file name, recorded in the adapter
     hash: str = ""  # the checkpoint's short hash (as A1111 shows it), recorded in the adapter
+    text_encoder_2: nn.Module | None = None  # SDXL: OpenCLIP ViT-bigG, a CLIPTextModelWithProjection
+    tokenize_2: Tokenize | None = None  # SDXL: its tokenizer (CLIP's vocabulary, padded with 0)
+
+    def __post_init__(self) -> None:
+        if self.clip_skip < 1:
+            raise ValueError(f"clip_skip counts from 1 (the last layer), got {self.clip_skip}")
 
     def freeze(self) -> BaseModel:
         for module in self.modules():
@@ -37,7 +51,11 @@ class BaseModel:
         return self
 
     def modules(self) -> list[nn.Module]:
-        return [m for m in (self.unet, self.text_encoder, self.vae) if m is not None]
+        return [m for m in (self.unet, *self.text_encoders, self.vae) if m is not None]
+
+    @property
+    def text_encoders(self) -> list[nn.Module]:
+        return [m for m in (self.text_encoder, self.text_encoder_2) if m is not None]
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> BaseModel:
         for module in self.modules():
@@ -53,14 +71,35 @@ class BaseModel:
         return next(self.unet.parameters()).dtype
 
     @torch.no_grad()
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        """The UNet context for ``captions``, (B, 77, d): the layer chosen by clip skip, through the final layer
-        norm, as A1111 builds it for SD 1.x."""
-        ids = self.tokenize(captions).to(self.device)
+    def encode(self, captions: list[str]) -> TextConditioning:
+        """The UNet's text conditioning for ``captions``, as A1111 builds it.
+
+        SD 1.x/2.x: the layer chosen by clip skip, through the final layer norm (SD 2.x's encoder was loaded without
+        its last block, so its last layer is the penultimate one). SDXL: both encoders' penultimate layers without
+        the final layer norm, concatenated (768 + 1280 = 2048), and the second encoder's pooled vector (sgm's
+        "penultimate" context and "pooled" output)."""
+        device = next(self.text_encoder.parameters()).device
+        ids = self.tokenize(captions).to(device)
+        if self.text_encoder_2 is not None:
+            assert self.tokenize_2 is not None, "SDXL's second text encoder needs its tokenizer"
+            first = self.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
+            second = self.text_encoder_2(self.tokenize_2(captions).to(device), output_hidden_states=True)
+            return TextConditioning(torch.cat([first, second.hidden_states[-2]], dim=-1), second.text_embeds)
         output = self.text_encoder(ids, output_hidden_states=self.clip_skip > 1)
         if self.clip_skip == 1:
-            return output.last_hidden_state
-        return final_layer_norm(self.text_encoder)(output.hidden_states[-self.clip_skip])
+            return TextConditioning(output.last_hidden_state)
+        return TextConditioning(final_layer_norm(self.text_encoder)(output.hidden_states[-self.clip_skip]))
+
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        """The UNet context for ``captions``, (B, 77, d)."""
+        return self.encode(captions).context
+
+    @torch.no_grad()
+    def end_of_text_states(self, texts: list[str]) -> torch.Tensor:
+        """The context row at each text's first end-of-text token, (N, d): AesEmb's vectors. They come from the
+        very context the UNet sees (same encoders, layers and concatenation), or V_a would be computed from
+        vectors the UNet never saw."""
+        return end_of_text_rows(self.encode_text(texts), self.tokenize(texts), self.eos_token_id)
 
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

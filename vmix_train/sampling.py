@@ -45,10 +45,15 @@ def sample(
         for seed in seeds
     ]
     latents = torch.stack(noise).to(device, base.dtype) * scheduler.init_noise_sigma
-    context = base.encode_text(list(prompts)).to(base.dtype)
+    texts = [base.encode(list(prompts))]
     if guidance != 1:
-        uncond = base.encode_text([negative_prompt] * len(prompts)).to(base.dtype)
-        context = torch.cat([uncond, context])
+        texts.insert(0, base.encode([negative_prompt] * len(prompts)))
+    context = torch.cat([text.context for text in texts]).to(base.dtype)
+    added = None
+    if texts[0].pooled is not None:  # SDXL: pooled text, and the image's size uncropped (sgm's defaults)
+        pooled = torch.cat([text.pooled for text in texts if text.pooled is not None]).to(base.dtype)
+        sizes = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32, device=device)
+        added = {"text_embeds": pooled, "time_ids": sizes.expand(pooled.shape[0], -1)}
     mixer = None
     if adapter is not None:
         values = {k: v.detach() for k, v in adapter.aesthetic_values(strengths, torch.float32).items()}
@@ -57,7 +62,7 @@ def sample(
     try:
         for t in scheduler.timesteps:
             model_input = torch.cat([latents, latents]) if guidance != 1 else latents
-            prediction = base.unet(model_input, t, encoder_hidden_states=context).sample
+            prediction = base.unet(model_input, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
             if guidance != 1:
                 uncond_pred, cond_pred = prediction.chunk(2)
                 prediction = uncond_pred + guidance * (cond_pred - uncond_pred)

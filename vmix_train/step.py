@@ -21,6 +21,9 @@ class Batch:
     strengths: torch.Tensor  # (B, N): each image's labels, 1 = yes, 0 = no
     noise: torch.Tensor | None = None  # (B, C, h, w); drawn from the loss's generator when None
     timesteps: torch.Tensor | None = None  # (B,) int; drawn from the loss's generator when None
+    # SDXL's extra UNet inputs (diffusers' added_cond_kwargs): "text_embeds", the pooled text (B, 1280), and
+    # "time_ids", (B, 6) original size, crop corner and target size; None for SD 1.x/2.x.
+    added: dict[str, torch.Tensor] | None = None
 
 
 class VMixTrainingStep:
@@ -60,7 +63,9 @@ class VMixTrainingStep:
             self._mixer.attach(self.unet)
         else:
             self._mixer.set_values(values)
-        prediction = self.unet(noisy, timesteps, encoder_hidden_states=batch.context).sample
+        prediction = self.unet(
+            noisy, timesteps, encoder_hidden_states=batch.context, added_cond_kwargs=batch.added
+        ).sample
         if self.prediction_type == "epsilon":
             target = noise
         else:
