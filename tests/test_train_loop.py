@@ -240,13 +240,13 @@ def test_caption_dropout_empties_that_share_of_captions(workspace, tmp_path):
     trainer = make_trainer(workspace, tmp_path, caption_dropout=0.5, batch_size=6)
     seen: list[str] = []
     encode = trainer.base.encode
-    trainer.base.encode = lambda captions: (seen.extend(captions), encode(captions))[1]
+    trainer.base.encode = lambda captions, **kw: (seen.extend(captions), encode(captions, **kw))[1]
     for step in range(20):
         trainer.batch(step, 0)
     empty = seen.count("")
     assert 0.35 < empty / len(seen) < 0.65
     again: list[str] = []
-    trainer.base.encode = lambda captions: (again.extend(captions), encode(captions))[1]
+    trainer.base.encode = lambda captions, **kw: (again.extend(captions), encode(captions, **kw))[1]
     for step in range(20):
         trainer.batch(step, 0)
     assert again == seen  # the same positions drop the same captions, so a resumed run sees the same data

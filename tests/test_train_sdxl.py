@@ -21,7 +21,7 @@ from vmix_train.checkpoint import CheckpointError, load_single_file
 from vmix_train.config import RunConfig, TrainingOptions
 from vmix_train.dataset import load_dataset
 from vmix_train.embeddings import aesthetic_embeddings
-from vmix_train.loop import Trainer
+from vmix_train.loop import Trainer, stream
 
 DIMS = (Dimension("light", "natural lighting", "sks1"), Dimension("color", "vivid colour", "sks2"))
 
@@ -63,6 +63,10 @@ def test_sdxl_modules_compute_what_sgm_computes(sdxl):
     assert text.context.shape == (2, 77, 2048) and text.pooled.shape == (2, 1280)
     torch.testing.assert_close(text.context, context, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(text.pooled, pooled, atol=1e-5, rtol=1e-5)
+    dropped = base.encode(["", "a dog"], zero_empty=True)  # A1111's empty negative prompt; sgm's caption dropout
+    assert not dropped.context[0].any() and not dropped.pooled[0].any()
+    torch.testing.assert_close(dropped.context[1], context[1], atol=1e-5, rtol=1e-5)
+    assert base.encode([""]).context.abs().sum() > 0  # without zero_empty the empty text is encoded
     ids_g = base.tokenize_2(["a dog"])
     assert ids_g[0, 5] == base.eos_token_id and bool((ids_g[0, 6:] == 0).all())  # <start> a d o g <end> 0 …
 
@@ -123,7 +127,14 @@ def test_a_tiny_sdxl_run_writes_an_adapter_the_a1111_path_loads(sdxl, tmp_path):
         lines.append(json.dumps({"file_name": f"{i}.png", "caption": f"a dog {i}", "labels": labels}))
     (data / "metadata.jsonl").write_text("\n".join(lines))
     options = dataclasses.replace(
-        TrainingOptions(), steps=2, batch_size=2, resolution=16, learning_rate=1e-2, sample_count=1, sample_every=2
+        TrainingOptions(),
+        steps=2,
+        batch_size=2,
+        resolution=16,
+        learning_rate=1e-2,
+        sample_count=1,
+        sample_every=2,
+        caption_dropout=0.5,
     )
     models = tmp_path / "models" / "VMix"
     run = RunConfig(path, data, models, DIMS, options, name="sdxl-vmix")
@@ -137,6 +148,14 @@ def test_a_tiny_sdxl_run_writes_an_adapter_the_a1111_path_loads(sdxl, tmp_path):
         top = (max(16, round(height * scale)) - 16) // 2
         left = (max(16, round(width * scale)) - 16) // 2
         assert row == [height, width, top, left, 16, 16]  # original size, crop corner, target size
+
+    dropped = [bool(torch.rand((), generator=stream(0, "dropout", p)) < 0.5) for p in range(4)]
+    assert any(dropped) and not all(dropped)
+    for step in (0, 1):
+        batch = trainer.batch(step, 0)
+        for row in (0, 1):
+            is_zero = not batch.context[row].any() and not batch.added["text_embeds"][row].any()
+            assert is_zero == dropped[2 * step + row]  # a dropped caption is SDXL's zero conditioning
 
     trainer.run()
     assert (models / "samples" / "step-000002.png").is_file()  # SDXL sampling (pooled text, sizes) ran

@@ -313,7 +313,7 @@ class Trainer:
             noise.append(torch.randn(latents.shape[1:], generator=generator))
             timesteps.append(torch.randint(0, steps, (), generator=generator))
         dtype = self.precision or torch.float32
-        text = self.base.encode(captions)
+        text = self.base.encode(captions, zero_empty=True)  # dropped captions: SDXL's empty conditioning is zeros
         added = None
         if text.pooled is not None:  # SDXL: the pooled text and each image's size and crop
             sizes = torch.tensor([self._sizes[i] for i in indices], dtype=torch.float32, device=self.device)

@@ -71,20 +71,29 @@ class BaseModel:
         return next(self.unet.parameters()).dtype
 
     @torch.no_grad()
-    def encode(self, captions: list[str]) -> TextConditioning:
+    def encode(self, captions: list[str], zero_empty: bool = False) -> TextConditioning:
         """The UNet's text conditioning for ``captions``, as A1111 builds it.
 
         SD 1.x/2.x: the layer chosen by clip skip, through the final layer norm (SD 2.x's encoder was loaded without
         its last block, so its last layer is the penultimate one). SDXL: both encoders' penultimate layers without
         the final layer norm, concatenated (768 + 1280 = 2048), and the second encoder's pooled vector (sgm's
-        "penultimate" context and "pooled" output)."""
+        "penultimate" context and "pooled" output).
+
+        ``zero_empty``: SDXL's empty captions give zeros instead of the encoded empty text, as A1111 feeds SDXL an
+        empty negative prompt (sgm's ``force_zero_embeddings``) and as sgm drops captions in training. The other
+        families encode the empty text, as A1111 does for them.
+        """
         device = next(self.text_encoder.parameters()).device
         ids = self.tokenize(captions).to(device)
         if self.text_encoder_2 is not None:
             assert self.tokenize_2 is not None, "SDXL's second text encoder needs its tokenizer"
             first = self.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
             second = self.text_encoder_2(self.tokenize_2(captions).to(device), output_hidden_states=True)
-            return TextConditioning(torch.cat([first, second.hidden_states[-2]], dim=-1), second.text_embeds)
+            text = TextConditioning(torch.cat([first, second.hidden_states[-2]], dim=-1), second.text_embeds)
+            if zero_empty and "" in captions:
+                keep = torch.tensor([c != "" for c in captions], device=device)
+                text = TextConditioning(text.context * keep[:, None, None], text.pooled * keep[:, None])
+            return text
         output = self.text_encoder(ids, output_hidden_states=self.clip_skip > 1)
         if self.clip_skip == 1:
             return TextConditioning(output.last_hidden_state)

@@ -47,7 +47,7 @@ def sample(
     latents = torch.stack(noise).to(device, base.dtype) * scheduler.init_noise_sigma
     texts = [base.encode(list(prompts))]
     if guidance != 1:
-        texts.insert(0, base.encode([negative_prompt] * len(prompts)))
+        texts.insert(0, base.encode([negative_prompt] * len(prompts), zero_empty=True))  # as A1111 does
     context = torch.cat([text.context for text in texts]).to(base.dtype)
     added = None
     if texts[0].pooled is not None:  # SDXL: pooled text, and the image's size uncropped (sgm's defaults)
