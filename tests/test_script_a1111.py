@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import literal_eq9_unet, random_adapter, tiny_unet
+from tiny_checkpoint import SDXL_UNET_PARAMS, TinyLdmModel, original_config, write_dataset, write_tokenizer
 
 A1111 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "a1111")
 if A1111 not in sys.path:
@@ -22,10 +23,15 @@ from modules import errors, infotext_utils, processing, script_callbacks, script
 from modules import img2img as img2img_mod  # noqa: E402
 from modules import txt2img as txt2img_mod  # noqa: E402
 from modules.api import api  # noqa: E402
+from modules.prompt_parser import DictWithShape  # noqa: E402
 
 from vmix_ext.adapter import Dimension, VMixAdapter  # noqa: E402
 from vmix_ext.hooks import has_vmix_hooks  # noqa: E402
-from vmix_ext.weights import save_adapter  # noqa: E402
+from vmix_ext.weights import load_adapter, save_adapter  # noqa: E402
+from vmix_train.checkpoint import load_single_file  # noqa: E402
+from vmix_train.config import RunConfig, TrainingOptions  # noqa: E402
+from vmix_train.dataset import load_dataset  # noqa: E402
+from vmix_train.loop import Trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 768
@@ -162,6 +168,54 @@ def test_sdxl_shaped_models_with_two_blocks_per_layer_match_literal_eq9(tmp_path
         torch.testing.assert_close(mixed.images[0], expected, **PIPELINE_TOL)
         assert (mixed.images[0] - baseline.images[0]).abs().max() > 1e-3
         assert host.all_unets_clean() and not errors.reported
+    finally:
+        standin.reset()
+
+
+def test_an_sdxl_adapter_made_by_the_trainer_runs_through_the_script_as_eq9(tmp_path):
+    """The whole SDXL path: the trainer makes an adapter from a tiny sgm-format checkpoint, the file is copied into
+    models/VMix, and the script mixes it into that checkpoint's ldm UNet (sgm's shared context, pooled-text and size
+    vector in SDXL's dict conditioning) exactly as a literal Eq. 9 UNet computes."""
+    host = Host(tmp_path, width=2048, depth=2)
+    try:
+        model = TinyLdmModel(family="sdxl")
+        checkpoint = model.save(tmp_path / "tiny-sdxl.safetensors")
+        config = original_config(unet_params=SDXL_UNET_PARAMS, family="sdxl")
+        base = load_single_file(checkpoint, original_config=config, tokenizer=write_tokenizer(tmp_path / "tok"))
+        dims = (Dimension("light", "natural lighting", "sks1"), Dimension("color", "vivid colour", "sks2"))
+        data = write_dataset(tmp_path / "data", [(16, 16)] * 4, ["light", "color"])
+        options = TrainingOptions(steps=2, batch_size=2, resolution=16, learning_rate=1e-2, sample_count=0)
+        run = RunConfig(checkpoint, data, tmp_path / "run", dims, options, name="sdxl-film")
+        trained = Trainer(run, base, load_dataset(data, ["light", "color"]), device="cpu", progress=False).run()
+        (host.folder / trained.name).write_bytes(trained.read_bytes())  # what the README says to do
+        standin.register_model("sdxl", model.unet)
+        host.load("sdxl")
+
+        def sdxl_p():
+            p = make_p(width=2048)
+            g = torch.Generator().manual_seed(5)
+            sizes = torch.tensor([[64.0, 64, 0, 0, 64, 64]])  # (height, width), crop (0, 0), target: A1111's default
+            p.standin_cond = DictWithShape(
+                {"crossattn": p.standin_cond, "vector": model.sdxl_vector(torch.randn(1, 1280, generator=g), sizes)}
+            )
+            # An empty negative prompt: A1111 zeroes SDXL's text conditioning, the size part stays.
+            zeros = torch.zeros_like(p.standin_uncond)
+            p.standin_uncond = DictWithShape(
+                {"crossattn": zeros, "vector": model.sdxl_vector(torch.zeros(1, 1280), sizes)}
+            )
+            return p
+
+        args = dict(adapter="sdxl-film", dimensions=["light", "color"])
+        baseline = txt2img_mod.txt2img(sdxl_p(), *host.args(enabled=False, **args))
+        mixed = txt2img_mod.txt2img(sdxl_p(), *host.args(enabled=True, scale=0.7, **args))
+        assert "VMix adapter: sdxl-film" in mixed.info and "VMix error" not in mixed.info and not errors.reported
+        reference = literal_eq9_unet(model.unet, load_adapter(trained), None, 0.7)
+        standin.register_model("reference", reference)
+        host.load("reference")
+        expected = txt2img_mod.txt2img(sdxl_p(), *host.args(enabled=False, **args))
+        torch.testing.assert_close(mixed.images[0], expected.images[0], **PIPELINE_TOL)
+        assert (mixed.images[0] - baseline.images[0]).abs().max() > 1e-4
+        assert not has_vmix_hooks(model.unet)
     finally:
         standin.reset()
 

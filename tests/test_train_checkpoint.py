@@ -7,7 +7,14 @@ import pytest
 import torch
 from helpers import random_adapter
 from safetensors.torch import save_file
-from tiny_checkpoint import CONTEXT_DIM, SD2_UNET_PARAMS, TinyLdmModel, original_config, write_tokenizer
+from tiny_checkpoint import (
+    CONTEXT_DIM,
+    SD2_UNET_PARAMS,
+    TinyLdmModel,
+    original_config,
+    write_dataset,
+    write_tokenizer,
+)
 
 from vmix_ext.hooks import ValueMixer
 from vmix_ext.mixing import MixOptions
@@ -165,9 +172,6 @@ def test_an_sd2_checkpoint_needs_its_prediction_type(tmp_path):
 
 def test_the_trainer_makes_an_sd2_adapter_that_fits_the_ldm_unet(tmp_path):
     import dataclasses
-    import json
-
-    from PIL import Image
 
     from vmix_ext.adapter import Dimension
     from vmix_ext.weights import load_adapter
@@ -179,13 +183,7 @@ def test_the_trainer_makes_an_sd2_adapter_that_fits_the_ldm_unet(tmp_path):
     path = model.save(tmp_path / "tiny-sd2.safetensors")
     config = original_config(unet_params=SD2_UNET_PARAMS)
     base = load_single_file(path, original_config=config, tokenizer=write_tokenizer(tmp_path / "tok"), prediction="v")
-    data = tmp_path / "data"
-    data.mkdir()
-    lines = []
-    for i in range(4):
-        Image.new("RGB", (16, 16), (60 * i, 90, 30)).save(data / f"{i}.png")
-        lines.append(json.dumps({"file_name": f"{i}.png", "caption": "a dog", "labels": {"light": i > 1}}))
-    (data / "metadata.jsonl").write_text("\n".join(lines))
+    data = write_dataset(tmp_path / "data", [(16, 16)] * 4, ["light"])
     dims = (Dimension("light", "natural lighting", "sks1"),)
     options = dataclasses.replace(TrainingOptions(), steps=2, batch_size=2, resolution=16, sample_count=0)
     run = RunConfig(path, data, tmp_path / "out", dims, options, name="sd2-vmix")

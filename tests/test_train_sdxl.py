@@ -5,12 +5,10 @@ training run writes an adapter that the A1111 path loads onto the ldm UNet and m
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 import torch
-from PIL import Image
-from tiny_checkpoint import SDXL_UNET_PARAMS, TinyLdmModel, original_config, write_tokenizer
+from tiny_checkpoint import SDXL_UNET_PARAMS, TinyLdmModel, original_config, write_dataset, write_tokenizer
 
 from vmix_ext.adapter import Dimension
 from vmix_ext.hooks import ValueMixer
@@ -117,15 +115,8 @@ def test_family_defaults_for_learning_rate_and_resolution():
 
 def test_a_tiny_sdxl_run_writes_an_adapter_the_a1111_path_loads(sdxl, tmp_path):
     model, base, path, _ = sdxl
-    data = tmp_path / "data"
-    data.mkdir()
     sizes = [(24, 16), (16, 32), (16, 16), (40, 20)]  # (width, height)
-    lines = []
-    for i, size in enumerate(sizes):
-        Image.new("RGB", size, (60 * i, 90, 30)).save(data / f"{i}.png")
-        labels = {"light": i > 1, "color": i % 2 == 0}
-        lines.append(json.dumps({"file_name": f"{i}.png", "caption": f"a dog {i}", "labels": labels}))
-    (data / "metadata.jsonl").write_text("\n".join(lines))
+    data = write_dataset(tmp_path / "data", sizes, ["light", "color"])
     options = dataclasses.replace(
         TrainingOptions(),
         steps=2,

@@ -13,6 +13,7 @@ from helpers import share_context
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ldm.modules.diffusionmodules.util import timestep_embedding
+from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -175,6 +176,19 @@ def sgm_unet(params: dict) -> UNetModel:
 def clip_state(clip: CLIPTextModel, prefix: str) -> dict[str, torch.Tensor]:
     """transformers' names with the ``text_model.`` prefix (transformers 4), as checkpoints store CLIP ViT-L."""
     return {prefix + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in clip.state_dict().items()}
+
+
+def write_dataset(folder: Path, sizes: list[tuple[int, int]], dimensions: list[str]) -> Path:
+    """A training dataset: one flat-colour image per (width, height), captioned "a dog <i>"; image i has dimension
+    j when (i + j) is even, so every dimension is on for some images and off for others."""
+    folder.mkdir(parents=True)
+    lines = []
+    for i, size in enumerate(sizes):
+        Image.new("RGB", size, (60 * i % 256, 90, 30)).save(folder / f"{i}.png")
+        labels = {name: (i + j) % 2 == 0 for j, name in enumerate(dimensions)}
+        lines.append(json.dumps({"file_name": f"{i}.png", "caption": f"a dog {i}", "labels": labels}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines))
+    return folder
 
 
 def tokenizer_vocab() -> dict[str, int]:

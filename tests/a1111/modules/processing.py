@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from modules import infotext_utils, scripts, sd_models, shared
+from modules.prompt_parser import DictWithShape
 from modules.sd_samplers_cfg_denoiser import StandinSampler
 from modules.shared import opts, state
 
@@ -206,9 +207,11 @@ class StableDiffusionProcessing:
         return 0.0
 
 
-def _rows(t: torch.Tensor | None, rows: slice, n: int) -> torch.Tensor:
+def _rows(t: Any, rows: slice, n: int) -> Any:
     if t is None:
         raise ValueError("the stand-in needs p.standin_cond and p.standin_uncond tensors (batch, tokens, dim)")
+    if isinstance(t, dict):  # SDXL: a DictWithShape of "crossattn" and "vector", each cut the same way
+        return DictWithShape({key: _rows(value, rows, n) for key, value in t.items()})
     if t.shape[0] == 1:
         return t.expand(n, *t.shape[1:]).clone()
     if t.shape[0] == n:

@@ -8,9 +8,24 @@ from typing import Any
 import torch
 
 from modules import script_callbacks, shared
+from modules.prompt_parser import DictWithShape
 
 SIGMA_MAX = 14.6
 SIGMA_MIN = 0.03
+
+
+def catenate_conds(conds: list[Any]) -> Any:
+    """Mirrors catenate_conds: tensors are concatenated; SDXL's dicts key by key."""
+    if not isinstance(conds[0], dict):
+        return torch.cat(conds)
+    return DictWithShape({key: torch.cat([c[key] for c in conds]) for key in conds[0]})
+
+
+def subscript_cond(cond: Any, a: int, b: int) -> Any:
+    """Mirrors subscript_cond: rows a..b of a tensor, or of every entry of SDXL's dict."""
+    if not isinstance(cond, dict):
+        return cond[a:b]
+    return DictWithShape({key: value[a:b] for key, value in cond.items()})
 
 
 class InterruptedException(BaseException):
@@ -32,12 +47,20 @@ class CFGDenoiser(torch.nn.Module):
 
     def inner_model(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
         """Stands in for k-diffusion CompVisDenoiser + LatentDiffusion.apply_model: eps-prediction through
-        sd_model.model.diffusion_model(x, timesteps, context=cond['c_crossattn'][0])."""
+        sd_model.model.diffusion_model(x, timesteps, context=cond['c_crossattn'][0]); for SDXL's dict conditioning
+        as sgm's OpenAIWrapper calls it: diffusion_model(x, timesteps, context=cond['crossattn'], y=cond['vector'])."""
         self.model_calls.append(int(x.shape[0]))
         c_in = 1.0 / (sigma**2 + 1.0) ** 0.5
         t = (sigma / SIGMA_MAX * 999.0).to(x.dtype)
-        context = torch.cat(cond["c_crossattn"], 1)
-        eps = self.sampler.sd_model.model.diffusion_model(x * c_in[:, None, None, None], t, context=context)
+        extra = {}
+        if "crossattn" in cond:
+            context = cond["crossattn"]
+            if cond.get("vector") is not None:
+                extra["y"] = cond["vector"]
+        else:
+            context = torch.cat(cond["c_crossattn"], 1)
+        unet = self.sampler.sd_model.model.diffusion_model
+        eps = unet(x * c_in[:, None, None, None], t, context=context, **extra)
         return x - eps * sigma[:, None, None, None]
 
     def forward(
@@ -80,11 +103,13 @@ class CFGDenoiser(torch.nn.Module):
             x_in = x_in[:-batch_size]
             sigma_in = sigma_in[:-batch_size]
 
-        def make_cond(c_crossattn: torch.Tensor, c_concat: torch.Tensor) -> dict:
+        def make_cond(c_crossattn: Any, c_concat: torch.Tensor) -> dict:
+            if isinstance(uncond, dict):  # SDXL: the dict's own keys plus the image conditioning
+                return {**c_crossattn, "c_concat": [c_concat]}
             return {"c_crossattn": [c_crossattn], "c_concat": [c_concat]}
 
         if tensor.shape[1] == uncond.shape[1] or skip_uncond:
-            cond_in = tensor if skip_uncond else torch.cat([tensor, uncond])
+            cond_in = tensor if skip_uncond else catenate_conds([tensor, uncond])
             if opts.batch_cond_uncond:
                 x_out = self.inner_model(x_in, sigma_in, cond=make_cond(cond_in, image_cond_in))
             else:
@@ -92,14 +117,15 @@ class CFGDenoiser(torch.nn.Module):
                 for a in range(0, x_out.shape[0], batch_size):
                     b = a + batch_size
                     x_out[a:b] = self.inner_model(
-                        x_in[a:b], sigma_in[a:b], cond=make_cond(cond_in[a:b], image_cond_in[a:b])
+                        x_in[a:b], sigma_in[a:b], cond=make_cond(subscript_cond(cond_in, a, b), image_cond_in[a:b])
                     )
         else:
             x_out = torch.zeros_like(x_in)
             chunk = batch_size * 2 if opts.batch_cond_uncond else batch_size
             for a in range(0, tensor.shape[0], chunk):
                 b = min(a + chunk, tensor.shape[0])
-                x_out[a:b] = self.inner_model(x_in[a:b], sigma_in[a:b], cond=make_cond(tensor[a:b], image_cond_in[a:b]))
+                c_crossattn = subscript_cond(tensor, a, b)
+                x_out[a:b] = self.inner_model(x_in[a:b], sigma_in[a:b], cond=make_cond(c_crossattn, image_cond_in[a:b]))
             if not skip_uncond:
                 n = uncond.shape[0]
                 x_out[-n:] = self.inner_model(x_in[-n:], sigma_in[-n:], cond=make_cond(uncond, image_cond_in[-n:]))
