@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from vmix_ext.families import family_label
 from vmix_ext.weights import short_hash
 from vmix_train.model import BaseModel
 
@@ -118,6 +119,12 @@ def sdxl_original_config() -> dict[str, Any]:
     return config
 
 
+# Each family's built-in config, used when no YAML is given (SD 2.x's prediction type is set from [model] then).
+_STANDARD_CONFIGS: dict[str, Callable[[], dict[str, Any]]] = {
+    "sd1": lambda: copy.deepcopy(SD1_ORIGINAL_CONFIG),
+    "sd2": lambda: sd2_original_config("v"),
+    "sdxl": sdxl_original_config,
+}
 PREDICTIONS = {"epsilon": "eps", "v": "v"}  # [model] prediction -> the ldm config's parameterization
 _OPEN_CLIP_PREFIX = "cond_stage_model.model."
 
@@ -170,12 +177,11 @@ def load_single_file(
         layers = (
             "both text encoders' penultimate layers" if family == "sdxl" else "its text encoder's penultimate layer"
         )
-        raise CheckpointError(path, f"{_FAMILY_NAMES[family]} always uses {layers}; leave clip_skip at 1")
+        raise CheckpointError(path, f"{family_label(family)} always uses {layers}; leave clip_skip at 1")
     if original_config is not None:
         config = _original_config(original_config, path)
     else:
-        config = {"sd1": SD1_ORIGINAL_CONFIG, "sd2": sd2_original_config("v"), "sdxl": sdxl_original_config()}[family]
-        config = copy.deepcopy(config)
+        config = _STANDARD_CONFIGS[family]()
     params = config["model"]["params"]
     if prediction is not None:
         params["parameterization"] = PREDICTIONS[prediction]
@@ -213,9 +219,6 @@ def load_single_file(
         tokenize_2=tokenize_2,
     )
     return base.freeze()
-
-
-_FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 
 
 def detect_family(checkpoint: dict[str, torch.Tensor], path: str | Path) -> str:
@@ -391,7 +394,7 @@ def _load_open_clip(
         layers=last + 1 if with_projection else last,  # SD 2.x: all but the last block
         positions=checkpoint[prefix + "positional_embedding"].shape[0],
         activation="gelu",
-        projection=int(projection.shape[1]) if with_projection and projection is not None else None,
+        projection=int(projection.shape[1]) if with_projection else None,
     )
 
     def convert(model: torch.nn.Module) -> dict[str, torch.Tensor]:
