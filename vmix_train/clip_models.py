@@ -48,9 +48,7 @@ class ClipScorer:
         return F.normalize(_tensor(features).float(), dim=-1).cpu()
 
 
-def load_clip(
-    source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> ClipScorer:
+def load_clip(source: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ClipScorer:
     """A CLIP model from a local folder or the Hugging Face cache (e.g. ``openai/clip-vit-large-patch14``)."""
     from transformers import CLIPModel, CLIPProcessor
 
@@ -65,7 +63,8 @@ def load_clip(
     except OSError as exc:
         raise ClipModelError(
             f"CLIP model '{text}' is neither a local folder nor in the Hugging Face cache; download it once "
-            f"(for example `huggingface-cli download {text}`) or give the path of a saved model ({exc.__class__.__name__})"
+            f"(for example `huggingface-cli download {text}`) or give the path of a saved model "
+            f"({exc.__class__.__name__})"
         ) from None
     device = torch.device(device)
     model.to(device).eval().requires_grad_(False)
