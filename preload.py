@@ -12,3 +12,10 @@ def preload(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="folder with VMix adapter files (.safetensors); default: models/VMix",
     )
+    parser.add_argument(
+        "--vmix-loglevel",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default=None,
+        help="how much VMix writes to the console; default: INFO",
+    )

@@ -13,3 +13,32 @@
         "End at step fraction": "VMix stops at this fraction of the sampling steps (1 = last step).",
     });
 })();
+
+// After a generation of a tab, refresh that tab's VMix status line once: watch the tab's generation-info box and,
+// when its text has changed and stayed so for a moment, click VMix's hidden status button. A debounced DOM
+// observer, never a gradio listener on the host's output components (gradio 4 updates those hundreds of times).
+(function () {
+    if (typeof onUiLoaded === "undefined") {
+        return;
+    }
+    onUiLoaded(function () {
+        ["txt2img", "img2img"].forEach(function (tab) {
+            var info = gradioApp().getElementById("html_info_" + tab);
+            var button = gradioApp().getElementById(tab + "_vmix_status_refresh");
+            if (!info || !button) {
+                return;
+            }
+            var seen = info.textContent;
+            var timer = null;
+            new MutationObserver(function () {
+                clearTimeout(timer);
+                timer = setTimeout(function () {
+                    if (info.textContent !== seen) {
+                        seen = info.textContent;
+                        button.click();
+                    }
+                }, 400);
+            }).observe(info, {childList: true, subtree: true, characterData: true});
+        });
+    });
+})();

@@ -21,13 +21,13 @@ import standin_forge as sf  # noqa: E402
 from backend.attention import attention_function  # noqa: E402
 from backend.patcher.unet import UnetPatcher  # noqa: E402
 
-from vmix_ext import forge  # noqa: E402
+from vmix_ext import patcher  # noqa: E402
 from vmix_ext.hooks import ValueMixer  # noqa: E402
 from vmix_ext.layers import cross_attention_layers  # noqa: E402
 from vmix_ext.mixing import MixOptions  # noqa: E402
 
 TOL = {"atol": 1e-5, "rtol": 0}
-COND, UNCOND = forge.COND, forge.UNCOND
+COND, UNCOND = patcher.COND, patcher.UNCOND
 
 
 @pytest.fixture(scope="module", params=[(768, 1), (2048, 2)], ids=["sd1", "sdxl-depth2"])
@@ -41,18 +41,23 @@ def model(request):
 def test_forge_keys_follow_forge_convention(model):
     unet, _ = model
     for path in cross_attention_layers(unet):
-        assert forge.forge_key(path) == sf.forge_key(path)
-    assert forge.forge_key("input_blocks.7.1.transformer_blocks.3.attn2") == ("input", 7, 3)
-    assert forge.forge_key("middle_block.1.transformer_blocks.9.attn2") == ("middle", 0, 9)
+        assert patcher.patch_key(path) == sf.forge_key(path)
+    assert patcher.patch_key("input_blocks.7.1.transformer_blocks.3.attn2") == ("input", 7, 3)
+    assert patcher.patch_key("middle_block.1.transformer_blocks.9.attn2") == ("middle", 0, 9)
     with pytest.raises(ValueError, match="not an ldm cross-attention layer path"):
-        forge.forge_key("input_blocks.1.1.attn2")
+        patcher.patch_key("input_blocks.1.1.attn2")
 
 
 def patched(unet, adapter, options, base: UnetPatcher | None = None) -> tuple[UnetPatcher, ValueMixer]:
     mixer = ValueMixer(adapter.aesthetic_values(None), options)
-    patcher = (base or UnetPatcher.from_model(unet)).clone()
-    forge.install(patcher, mixer, attention_function, adapter.layer_paths)
-    return patcher, mixer
+    forge_patcher = (base or UnetPatcher.from_model(unet)).clone()
+    patcher.install(forge_patcher.model_options, mixer, forge_attention, adapter.layer_paths)
+    return forge_patcher, mixer
+
+
+def forge_attention(q, k, v, extra_options):
+    """The attention call VMix's Forge backend makes (vmix_webui/hosts.py): Forge's function, heads from the patch."""
+    return attention_function(q, k, v, extra_options["n_heads"])
 
 
 def rows_like(roles: list[int], chunk: int) -> torch.Tensor:
@@ -70,14 +75,14 @@ def test_patch_on_a_real_ldm_layer_equals_eq9(model, roles, cond_only, tokens):
     context = torch.randn(chunk * len(roles), tokens, adapter.context_dim, generator=generator)
     weight = rows_like(roles, chunk) if cond_only else torch.ones(context.shape[0])
     reference = cross_attention_layers(literal_eq9_unet(unet, adapter, None, 1.5, rows_to_mix=lambda _: weight))
-    patcher, _ = patched(unet, adapter, MixOptions(scale=1.5, cond_only=cond_only))
+    forge_patcher, _ = patched(unet, adapter, MixOptions(scale=1.5, cond_only=cond_only))
     # Every transformer block of the first layer: with two, the patch key's block_index (0 or 1) must pick each.
     blocks = sorted(int(p.split(".")[4]) for p in layers if p.startswith("input_blocks.1.1."))
     for block_index in blocks:
         path = f"input_blocks.1.1.transformer_blocks.{block_index}.attn2"
         x = torch.randn(chunk * len(roles), 64, layers[path].to_q.in_features, generator=generator)
         expected = reference[path](x, context)
-        options = sf.forge_transformer_options(patcher.model_options, roles, torch.ones(chunk))
+        options = sf.forge_transformer_options(forge_patcher.model_options, roles, torch.ones(chunk))
         got = sf.forge_cross_attention(layers[path], x, context, options, block=("input", 1), block_index=block_index)
         # float32 sums over a 2048-wide context round at about 1e-5 of the largest value
         tolerance = 1e-5 * max(1.0, float(expected.detach().abs().max()))
@@ -90,9 +95,9 @@ def test_whole_unet_through_forge_patches_equals_eq9(model, roles):
     unet, adapter = model
     x, t, context = unet_inputs(batch=2, context_dim=adapter.context_dim)
     expected = literal_eq9_unet(unet, adapter, None, 0.7)(x, t, context=context)
-    patcher, _ = patched(unet, adapter, MixOptions(scale=0.7))
+    forge_patcher, _ = patched(unet, adapter, MixOptions(scale=0.7))
     with torch.no_grad():
-        got = sf.forge_unet_forward(unet, x, t, context, patcher.model_options, roles)
+        got = sf.forge_unet_forward(unet, x, t, context, forge_patcher.model_options, roles)
     torch.testing.assert_close(got, expected.detach(), **TOL)
 
 
@@ -107,8 +112,8 @@ def test_an_existing_patch_is_called_with_the_mixed_values(model, two_part_keys)
     with torch.no_grad():
         ip_only = sf.forge_unet_forward(unet, x, t, context, with_ip.model_options, roles)
         calls_before = len(log)
-        patcher, _ = patched(unet, adapter, MixOptions(scale=1.0), base=with_ip)
-        both = sf.forge_unet_forward(unet, x, t, context, patcher.model_options, roles)
+        forge_patcher, _ = patched(unet, adapter, MixOptions(scale=1.0), base=with_ip)
+        both = sf.forge_unet_forward(unet, x, t, context, forge_patcher.model_options, roles)
     assert len(log) - calls_before == len(adapter.layer_paths), "the IP-Adapter patch ran on every layer"
     assert (both - ip_only).abs().max() > 1e-3
     # The same result as mixing V_a into v and then running the IP-Adapter patch by hand, layer by layer.
@@ -116,7 +121,7 @@ def test_an_existing_patch_is_called_with_the_mixed_values(model, two_part_keys)
     values = adapter.aesthetic_values(None)
     reference = {}
     for path in adapter.layer_paths:
-        name, number, index = forge.forge_key(path)
+        name, number, index = patcher.patch_key(path)
         ip = ip_patches.get((name, number, index)) or ip_patches[(name, number)]
         reference[(name, number, index)] = _manual_patch(ip, values[path])
     manual = UnetPatcher.from_model(unet)
@@ -141,7 +146,7 @@ def test_installing_twice_adds_the_term_once(model):
     x, t, context = unet_inputs(batch=2, context_dim=adapter.context_dim)
     once, mixer = patched(unet, adapter, MixOptions())
     twice = once.clone()
-    forge.install(twice, mixer, attention_function, adapter.layer_paths)
+    patcher.install(twice.model_options, mixer, forge_attention, adapter.layer_paths)
     with torch.no_grad():
         a = sf.forge_unet_forward(unet, x, t, context, once.model_options, [UNCOND, COND])
         b = sf.forge_unet_forward(unet, x, t, context, twice.model_options, [UNCOND, COND])
@@ -151,13 +156,13 @@ def test_installing_twice_adds_the_term_once(model):
 def test_clone_isolation_and_closed_mixer(model):
     unet, adapter = model
     base = UnetPatcher.from_model(unet)
-    patcher, mixer = patched(unet, adapter, MixOptions(), base=base)
+    forge_patcher, mixer = patched(unet, adapter, MixOptions(), base=base)
     assert "patches_replace" not in base.model_options["transformer_options"]
     x, t, context = unet_inputs(batch=2, context_dim=adapter.context_dim)
     with torch.no_grad():
         plain = sf.forge_unet_forward(unet, x, t, context, base.model_options, [UNCOND, COND])
         mixer.close()  # the generation ended; a patcher kept past it adds nothing any more
-        stale = sf.forge_unet_forward(unet, x, t, context, patcher.model_options, [UNCOND, COND])
+        stale = sf.forge_unet_forward(unet, x, t, context, forge_patcher.model_options, [UNCOND, COND])
     assert torch.equal(plain, stale)
 
 
@@ -194,7 +199,7 @@ def forge_script(tmp_path):
 
         save_adapter(adapter, folder / "film.safetensors")
         module = standin.load_script(str(ROOT / "scripts" / "vmix.py"), str(ROOT))
-        assert module.ON_FORGE
+        assert module.BACKEND.name == "Forge"
         shared.sd_model = sf.make_forge_sd_model(unet, "sd1")
         standin.build_runners()
         yield module, scripts.scripts_txt2img.script("VMix"), unet, adapter
@@ -233,7 +238,7 @@ def test_script_patches_forge_unet_and_ends_clean(forge_script):
         torch.testing.assert_close(got, expected, **TOL)
     assert not cross_attention_layers(unet)["input_blocks.1.1.transformer_blocks.0.attn2"].to_v._forward_hooks
     script.postprocess(p, None, *ARGS)
-    assert module._current_run is None
+    assert module.generation.run_of(p) is None
     with torch.no_grad():
         plain = unet(x, t, context=context)
         stale = sf.forge_unet_forward(unet, x, t, context, p.sd_model.forge_objects.unet.model_options, [1, 0])
@@ -249,7 +254,7 @@ def test_models_without_cross_attention_are_reported(forge_script, family, capfd
     p = forge_p(ARGS)
     script.process(p, *ARGS)
     error = p.extra_generation_params["VMix error"]
-    assert "has no cross-attention layers" in error and "not with SD3, Flux or Chroma" in error
+    assert "has no cross-attention layers" in error and "not with SD3, Flux, Chroma" in error
     script.process_before_every_sampling(p, *ARGS, x=None, noise=None, c=None, uc=None)
     assert "patches_replace" not in p.sd_model.forge_objects.unet.model_options["transformer_options"]
     assert "[VMix]" in capfd.readouterr().err
@@ -283,6 +288,7 @@ def test_step_window_on_forge_follows_the_denoiser(forge_script):
     for step, expected in [(0, mixed), (1, mixed), (2, plain), (3, plain)]:
         denoiser = Denoiser()
         denoiser.step = step
+        denoiser.p = p  # Forge's CFGDenoiser carries the processing object, as A1111's does
         params = script_callbacks.CFGDenoiserParams(x, None, None, step, 4, None, None, denoiser)
         script_callbacks.cfg_denoiser_callback(params)
         with torch.no_grad():

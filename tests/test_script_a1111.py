@@ -134,10 +134,16 @@ def test_dimension_list_follows_the_chosen_adapter(host):
     other.dimensions = (first, *(Dimension(f"{d.name}2", d.positive, d.negative) for d in rest))
     save_adapter(other, host.folder / "second.safetensors")
     adapter = gr.find_by_elem_id("txt2img_vmix_adapter")
-    _, fn, _, _outputs = next(listener for listener in adapter.listeners if listener[0] == "input")
-    dims_update, status = fn("second")
+    _, fn, _, _outputs = next(listener for listener in adapter.listeners if listener[0] == "change")
+    # The user switches adapters: the new adapter's dimensions, all on.
+    dims_update, status, previous = fn("second", ["color", "lighting", "focus"], "film")
     assert dims_update["choices"] == ["color", "lighting2", "focus2"] and dims_update["value"] == dims_update["choices"]
-    assert "3 dimensions" in status
+    assert "3 dimensions" in status and previous == "second"
+    # "Send to img2img" copies adapter and dimensions together, without the paste step: the copied ones stay.
+    assert fn("second", ["lighting2", "color:0.5"], "film")[0]["value"] == ["lighting2", "color:0.5"]
+    # None at all stays none (pasted "VMix dims: none"), unless there was no adapter before.
+    assert fn("second", [], "film")[0]["value"] == []
+    assert fn("second", [], "")[0]["value"] == ["color", "lighting2", "focus2"]
     refresh = gr.find_by_elem_id("txt2img_vmix_refresh")
     adapter_update, _, _ = refresh.listeners[0][1]("film")
     assert adapter_update["choices"] == ["", "film", "second"]
@@ -150,7 +156,7 @@ def test_txt2img_matches_literal_eq9_and_leaves_nothing(host):
     torch.testing.assert_close(mixed.images[0], expected, **PIPELINE_TOL)
     assert (mixed.images[0] - baseline.images[0]).abs().max() > 1e-3
     assert host.all_unets_clean()
-    assert host.module._current_run is None
+    assert host.module.generation.run_of(_p) is None
     _, after = host.txt2img(enabled=False)
     assert torch.equal(after.images[0], baseline.images[0])
     assert not errors.reported
@@ -278,22 +284,23 @@ def test_hires_fix_mixes_both_passes(host):
     assert host.all_unets_clean()
 
 
-def test_hires_fix_with_another_checkpoint_follows_it(host):
+def test_hires_fix_with_another_checkpoint_follows_it(host, monkeypatch):
+    """Each UNet is checked once per generation (here: 2 batches, 2 passes each), the hires one when its pass starts."""
+    import vmix_ext.session
+
     seen = []
-    original = host.module.VMixRun.ensure_on
+    original = vmix_ext.session.check_adapter_fits
 
-    def spy(run, unet):
+    def spy(adapter, unet, path):
         seen.append(unet)
-        return original(run, unet)
+        return original(adapter, unet, path)
 
-    host.module.VMixRun.ensure_on = spy
-    try:
-        hires = {"enable_hr": True, "hr_scale": 2.0, "hr_checkpoint_name": "other", "denoising_strength": 0.5}
-        _p, processed = host.txt2img(enabled=True, p=hires)
-    finally:
-        host.module.VMixRun.ensure_on = original
-    assert any(u is host.main_unet for u in seen) and seen[-1] is host.other_unet
+    monkeypatch.setattr(vmix_ext.session, "check_adapter_fits", spy)
+    hires = {"enable_hr": True, "hr_scale": 2.0, "hr_checkpoint_name": "other", "denoising_strength": 0.5, "n_iter": 2}
+    _p, processed = host.txt2img(enabled=True, p=hires)
+    assert len(seen) == 2 and seen[0] is host.main_unet and seen[1] is host.other_unet
     assert "VMix error" not in processed.info and "VMix adapter: film" in processed.info
+    assert len(processed.images) == 2
     assert host.all_unets_clean()
 
 
@@ -327,7 +334,7 @@ def test_failed_generation_leaves_nothing(host):
     with pytest.raises(RuntimeError):
         txt2img_mod.txt2img(p, *host.args(enabled=True))
     assert host.all_unets_clean(), "closing(p) must detach even when sampling raised"
-    assert host.module._current_run is None
+    assert host.module.generation.run_of(p) is None
     _, after = host.txt2img(enabled=False)
     assert torch.equal(after.images[0], baseline.images[0])
 
@@ -452,7 +459,14 @@ def test_failures_are_visible(host, capfd):
     status = gr.find_by_elem_id("txt2img_vmix_status")
     html_info = gr.HTML(elem_id="html_info_txt2img")
     script_callbacks.after_component_callback(html_info, elem_id="html_info_txt2img")
-    refresh_status = html_info.listeners[-1][1]
+    assert not html_info.listeners, "no listener on the host's output box (gradio 4 updates it hundreds of times)"
+    button = gr.find_by_elem_id("txt2img_vmix_status_refresh")  # clicked by javascript/vmix.js after a generation
+    assert "vmix-hidden" in button.elem_classes
+    (_event, click, _inputs, _outputs) = button.listeners[0]
+
+    def refresh_status():
+        return click("film")
+
     _, baseline = host.txt2img(enabled=False)
     (host.folder / "broken.safetensors").write_bytes(b"\x00" * 4)
     _, processed = host.txt2img(enabled=True, adapter="broken")

@@ -204,7 +204,7 @@ def install(
         name, number, index = keys[path]
         alone = blocks_per_layer[(name, number)] == 1
         existing = attn2.get((name, number, index))
-        if existing is None and alone:
+        if existing is None:  # the host falls back to the 2-part key for every block of the layer
             existing = attn2.get((name, number))
         previous, callbacks = existing, []
         if existing is not None and is_vmix_patch(existing):

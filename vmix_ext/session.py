@@ -1,18 +1,16 @@
-"""One generation's VMix: the adapter, its V_a for the chosen dimensions, and the hooks on the current UNet.
+"""One generation's VMix: the adapter, its V_a for the chosen dimensions, and the mixer that adds them.
 
-Host glue creates a ``VMixRun`` when a generation starts, calls ``ensure_on`` before every sampling pass (hires fix
-may bring another checkpoint), and ``close`` when the generation ends, whatever way it ends.
+Host glue creates a ``VMixRun`` when a generation starts, attaches its mixer (hooks or patches) for each sampling
+pass, and calls ``close`` when the generation ends, whatever way it ends. The run holds no reference to a UNet.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import weakref
 
 from torch import nn
 
-from . import forge
 from .families import family_label
-from .forge import AttentionFunction
 from .hooks import ValueMixer
 from .library import AdapterLibrary
 from .mixing import MixOptions
@@ -21,27 +19,23 @@ from .weights import check_adapter_fits, short_hash
 
 
 class VMixRun:
-    def __init__(self, settings: VMixSettings, library: AdapterLibrary) -> None:
+    def __init__(self, settings: VMixSettings, library: AdapterLibrary, file_hash: str | None = None) -> None:
         self.settings = settings
         self.path = library.path_for(settings.adapter)
         self.adapter = library.load(settings.adapter)
         self.strengths = settings.strengths(self.adapter.dimension_names)
         options = MixOptions(settings.scale, settings.cond_only, settings.start, settings.end)
         self.mixer = ValueMixer(library.values(settings.adapter, self.strengths), options)
-        self.hash = short_hash(self.path)
+        self.hash = file_hash if file_hash is not None else short_hash(self.path)
+        self._fitted: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
-    def ensure_on(self, unet: nn.Module) -> None:
-        """Attach to ``unet`` unless already there; an adapter that does not fit is refused before any step."""
-        if self.mixer.attached_unet is unet:
+    def check_fits(self, unet: nn.Module) -> None:
+        """Refuse an adapter that does not fit ``unet``; each UNet is checked once per generation (hires fix may
+        bring a second checkpoint, which is checked when its pass starts)."""
+        if unet in self._fitted:
             return
-        self.mixer.detach()
         check_adapter_fits(self.adapter, unet, self.path)
-        self.mixer.attach(unet)
-
-    def install_on_forge(self, patcher: Any, attention: AttentionFunction) -> None:
-        """Register the replace patches on a cloned Forge UnetPatcher (Forge rebuilds it before every pass)."""
-        check_adapter_fits(self.adapter, patcher.model.diffusion_model, self.path)
-        forge.install(patcher, self.mixer, attention, self.adapter.layer_paths)
+        self._fitted.add(unet)
 
     def infotext(self) -> dict[str, object]:
         return self.settings.to_infotext(self.hash)

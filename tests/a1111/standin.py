@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 import torch
-from modules import errors, paths, script_callbacks, scripts, sd_models, shared
+from modules import errors, hashes, paths, script_callbacks, scripts, sd_models, shared
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 XYZ_PATH = os.path.join(HERE, "builtin_scripts", "xyz_grid.py")
@@ -44,6 +44,10 @@ def reset(models_path: str | None = None) -> None:
     shared.opts.reset()
     shared.state.__init__()  # type: ignore[misc]
     shared.sd_model = None
+    shared.cmd_opts.no_hashing = False
+    shared.cmd_opts.api_auth = None
+    hashes.cache.clear()
+    hashes.computed.clear()
     sd_models.checkpoints_stand_in.clear()
     sd_models.swap_mode = "object"
     if models_path is not None:

@@ -76,7 +76,14 @@ class Options:
 
 opts = Options()
 cmd_opts = argparse.Namespace(
-    no_prompt_history=True, api=False, nowebui=False, embeddings_dir="", lowvram=False, medvram=False
+    no_prompt_history=True,
+    api=False,
+    nowebui=False,
+    embeddings_dir="",
+    lowvram=False,
+    medvram=False,
+    no_hashing=False,
+    api_auth=None,
 )
 state = shared_state.State()
 models_path: str = paths.models_path
