@@ -83,6 +83,11 @@ class StableDiffusionProcessing:
     do_not_save_grid: bool = False
     outpath_samples: str = None  # type: ignore[assignment]
     outpath_grids: str = None  # type: ignore[assignment]
+    # Accepted and kept, not used by the stand-in (ADetailer's inner pass passes them; host defaults).
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    restore_faces: bool = None  # type: ignore[assignment]
+    tiling: bool = None  # type: ignore[assignment]
 
     scripts_value: Any = field(default=None, init=False)
     script_args_value: Any = field(default=None, init=False)
@@ -353,6 +358,13 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
     image_cfg_scale: float = None  # type: ignore[assignment]
     initial_noise_multiplier: float = None  # type: ignore[assignment]
     mask: Any = None
+    # Accepted and kept, not used (host defaults; ADetailer's inner pass passes them): no masking, crop or paste.
+    resize_mode: int = 0
+    mask_blur: int = None  # type: ignore[assignment]
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
 
     init_latent: Any = field(default=None, init=False)
     image_conditioning: Any = field(default=None, init=False)
