@@ -169,6 +169,23 @@ def test_stray_hooks_from_a_lost_mixer_are_removed(model):
     assert torch.equal(run(unet, inputs), plain)
 
 
+def test_stale_only_cleanup_keeps_a_live_mixer(model):
+    """The defensive clean-up at the start of a generation removes what a lost or closed run left, never the hooks
+    of a mixer that is attached right now (another generation sampling)."""
+    unet, adapter, _width = model
+    values = adapter.aesthetic_values(None)
+    closed = ValueMixer(values, MixOptions(cond_only=True))
+    closed.attach(unet)
+    closed._attachment = None  # as if detach() had never run, then the run was closed
+    closed._closed = True
+    assert remove_vmix_hooks(unet, stale_only=True) == len(adapter.layer_paths) + 1
+    live = ValueMixer(values)
+    live.attach(unet)
+    assert remove_vmix_hooks(unet, stale_only=True) == 0 and has_vmix_hooks(unet)
+    live.detach()
+    assert not has_vmix_hooks(unet)
+
+
 def test_per_row_values_match_one_mixer_per_row(model):
     """Training gives each image its own labels: V_a of shape (B, C, inner) must act row by row."""
     unet, adapter, width = model

@@ -43,7 +43,9 @@ FIELDS = ("enabled", "adapter", "scale", "dimensions", "cond_only", "start", "en
 class Host:
     """One fresh stand-in web UI with the VMix script loaded and two SD1-width checkpoints."""
 
-    def __init__(self, tmp_path: Path, width: int = WIDTH, depth: int = 1) -> None:
+    def __init__(
+        self, tmp_path: Path, width: int = WIDTH, depth: int = 1, scripts_before: tuple[str, ...] = ()
+    ) -> None:
         standin.reset(models_path=str(tmp_path / "models"))
         self.folder = tmp_path / "models" / "VMix"
         self.folder.mkdir(parents=True)
@@ -52,6 +54,8 @@ class Host:
         self.other_unet = tiny_unet(width, depth=depth, seed=1)
         self.film = random_adapter(self.main_unet, seed=11)
         save_adapter(self.film, self.folder / "film.safetensors")
+        for path in scripts_before:  # other extensions' scripts, loaded first as the host orders them
+            standin.load_script(path)
         self.module = standin.load_script(str(ROOT / "scripts" / "vmix.py"), str(ROOT))
         self.xyz = standin.load_xyz()
         script_callbacks.before_ui_callback()
@@ -311,6 +315,9 @@ def test_hires_checkpoint_of_another_family_is_reported(host):
     p.standin_hr_cond, p.standin_hr_uncond = torch.randn(1, 77, 2048), torch.randn(1, 77, 2048)  # SDXL-width conds
     processed = txt2img_mod.txt2img(p, *host.args(enabled=True))
     assert "VMix error" in processed.info and "loaded model is SDXL" in processed.info
+    # Pasting this infotext must not switch VMix on: the image was made without it.
+    params = infotext_utils.parse_generation_parameters(processed.info)
+    assert "VMix adapter" not in params and "VMix scale" not in params and "VMix hash" not in params
     assert len(processed.images) == 1
     assert host.all_unets_clean() and not has_vmix_hooks(shared.sd_model.model.diffusion_model)
 
@@ -487,3 +494,68 @@ def test_adapter_for_another_family_is_refused_before_sampling(host):
     _, processed = host.txt2img(enabled=True, adapter="xl")
     assert "made for SDXL" in processed.info and "loaded model is SD 1.x" in processed.info
     assert torch.equal(processed.images[0], baseline.images[0])
+
+
+def test_error_text_is_kept_whole():
+    from vmix_webui.generation import user_message
+
+    assert user_message(ModuleNotFoundError("No module named 'backend'")) == (
+        "ModuleNotFoundError: No module named 'backend'"
+    )
+    assert user_message(KeyError("no adapter 'x'")) == "no adapter 'x'"
+    assert user_message(ValueError('a "quoted" name')) == 'a "quoted" name'
+
+
+def test_adapter_hash_comes_from_the_host_cache_and_respects_no_hashing(host):
+    from modules import hashes
+
+    _, first = host.txt2img(enabled=True)
+    _, second = host.txt2img(enabled=True)
+    assert hashes.computed == ["vmix/film"], "hashed once, then read from the host's cache"
+    expected = hashes.cache["vmix/film"]["sha256"][:10]
+    assert f"VMix hash: {expected}" in first.info and f"VMix hash: {expected}" in second.info
+    hashes.cache.clear()
+    shared.cmd_opts.no_hashing = True
+    _, unhashed = host.txt2img(enabled=True)
+    assert "VMix adapter: film" in unhashed.info and "VMix hash" not in unhashed.info
+    assert torch.equal(unhashed.images[0], second.images[0])
+
+
+def test_adapters_route_asks_for_the_hosts_api_credentials(host):
+    fastapi = pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    shared.cmd_opts.api_auth = "alice:secret,bob:other"
+    app = fastapi.FastAPI()
+    script_callbacks.app_started_callback(None, app)
+    client = TestClient(app)
+    assert client.get("/vmix/v1/adapters").status_code == 401
+    assert client.get("/vmix/v1/adapters", auth=("alice", "wrong")).status_code == 401
+    answer = client.get("/vmix/v1/adapters", auth=("bob", "other"))
+    assert answer.status_code == 200 and answer.json()["adapters"][0]["name"] == "film"
+    shared.cmd_opts.api_auth = None
+    open_app = fastapi.FastAPI()
+    script_callbacks.app_started_callback(None, open_app)
+    assert TestClient(open_app).get("/vmix/v1/adapters").status_code == 200
+
+
+def test_status_line_follows_this_tabs_ui_generations_only(host):
+    txt_button = gr.find_by_elem_id("txt2img_vmix_status_refresh")
+    img_button = gr.find_by_elem_id("img2img_vmix_status_refresh")
+
+    def line(button):
+        return button.listeners[0][1]("film")
+
+    _, _processed = host.txt2img(enabled=True, scale=0.5)
+    assert "λ 0.5" in line(txt_button) and "λ 0.5" not in line(img_button)
+    runner = scripts.scripts_txt2img
+    api.text2imgapi(make_p(), {"VMix": {"args": [True, "film", 1.5]}}, api.init_default_script_args(runner))
+    assert "λ 0.5" in line(txt_button), "an API generation does not change the UI's status line"
+    # Choosing an adapter made for another family says so at once, before any generation.
+    save_adapter(random_adapter(tiny_unet(2048, seed=3)), host.folder / "xl.safetensors")
+    change = next(
+        listener for listener in gr.find_by_elem_id("txt2img_vmix_adapter").listeners if listener[0] == "change"
+    )
+    _dims, status, _previous = change[1]("xl", [], "film")
+    assert "vmix-error" in status and "made for SDXL" in status and "loaded model is SD 1.x" in status
+    assert "λ" not in line(txt_button), "after a new choice the line describes the adapter again"

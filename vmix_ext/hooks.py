@@ -213,17 +213,26 @@ class ValueMixer:
         return cached
 
 
-def remove_vmix_hooks(module: nn.Module) -> int:
-    """Remove every VMix hook below ``module``, including ones whose mixer is gone. Returns how many were removed."""
+def remove_vmix_hooks(module: nn.Module, stale_only: bool = False) -> int:
+    """Remove every VMix hook below ``module``, including ones whose mixer is gone; with ``stale_only`` only those
+    that no live, attached mixer owns (a generation that is sampling right now keeps its hooks). Returns how many
+    were removed."""
     removed = 0
     for sub in module.modules():
         for hooks in (sub._forward_hooks, sub._forward_pre_hooks):
-            for key in [k for k, fn in hooks.items() if getattr(fn, HOOK_MARKER, False)]:
+            marked = [k for k, fn in hooks.items() if getattr(fn, HOOK_MARKER, False)]
+            for key in [k for k in marked if not (stale_only and _is_live(hooks[k]))]:
                 del hooks[key]
                 sub._forward_hooks_with_kwargs.pop(key, None)
                 sub._forward_pre_hooks_with_kwargs.pop(key, None)
                 removed += 1
     return removed
+
+
+def _is_live(hook: Any) -> bool:
+    owner = getattr(hook, "mixer", None)
+    mixer = owner() if isinstance(owner, weakref.ref) else None
+    return mixer is not None and not mixer._closed and mixer._attachment is not None
 
 
 def detach_all() -> int:

@@ -34,6 +34,7 @@ class A1111Backend:
         if run is not None:
             run.mixer.detach()
         try:
-            remove_vmix_hooks(self.unet(p))  # also hooks of a run that was lost (a reloaded script)
+            # Also hooks a lost run left (a reloaded script, a crash), but not those of a generation sampling now.
+            remove_vmix_hooks(self.unet(p), stale_only=True)
         except AttributeError:
             pass  # no model loaded
