@@ -367,3 +367,65 @@ def test_the_zero_shot_score_is_the_two_text_softmax():
     logits = 100 * torch.stack([image @ positive, image @ contrast], dim=-1)
     assert float(zero_shot(image, positive, contrast, 100.0)) == pytest.approx(float(logits.softmax(-1)[0, 0]))
     assert math.isclose(float(zero_shot(image, positive, positive, 100.0)), 0.5)
+
+
+def corrupt_png(path: Path) -> None:
+    """A PNG whose chunk structure and checksums are valid (so the quick check passes) but whose pixel data is
+    not a zlib stream: it fails only when decoded."""
+    import io
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 14), (1, 2, 3)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"IDAT")
+    length = struct.unpack(">I", data[at - 4 : at])[0]
+    payload = bytes(b ^ 0x55 for b in data[at + 4 : at + 4 + length])
+    data[at + 4 : at + 4 + length] = payload
+    data[at + 4 + length : at + 8 + length] = struct.pack(">I", zlib.crc32(b"IDAT" + payload))
+    path.write_bytes(bytes(data))
+
+
+def test_images_that_fail_to_decode_are_listed_together_and_nothing_is_written(run, capsys):
+    corrupt_png(run.images / "sub" / "late-a.png")
+    corrupt_png(run.images / "late-b.png")
+    assert run("--default-caption", "a swatch") == 2
+    err = capsys.readouterr().err
+    assert "labelling found 2 problem(s)" in err
+    assert "late-b.png: cannot be decoded (broken data stream" in err and "sub/late-a.png: cannot be decoded" in err
+    assert not run.data.exists()
+    cached = list((run.images / ".vmix-label-cache").glob("clip-*/shard-*.safetensors"))
+    assert len(cached) == 1  # the good images' embeddings are kept for the next run
+
+
+def test_links_dry_runs_and_the_in_place_filter_refusal(run, capsys, tmp_path):
+    assert run("--dry-run") == 0
+    assert not (run.data / "metadata.jsonl").exists() and (run.data / ".vmix-label" / REPORT_MD).is_file()
+    assert "dry run: no dataset written" in capsys.readouterr().out
+
+    assert run("--link") == 0
+    linked = run.data / "sub" / "purple.png"
+    assert linked.is_symlink() and linked.resolve() == (run.images / "sub" / "purple.png").resolve()
+    assert load_dataset(run.data, list(TEXTS))
+
+    head = write_red_aesthetic_head(tmp_path / "head.safetensors")
+    in_place = ["--out", str(run.images), "--aesthetic-head", str(head), "--min-aesthetic", "3"]
+    assert run(*in_place) == 2
+    assert "--min-aesthetic cannot drop images from a dataset labelled in place" in capsys.readouterr().err
+
+
+def test_the_cache_is_kept_apart_per_model_weights_and_dtype(clip_folder, tmp_path):
+    from vmix_train.clip_models import load_clip
+    from vmix_train.labelling_cache import model_identity
+
+    reference = model_identity(load_clip(clip_folder))
+    copy = tmp_path / "copy"
+    load_clip(clip_folder).model.save_pretrained(copy)
+    load_clip(clip_folder).processor.save_pretrained(copy)
+    assert model_identity(load_clip(copy)) == reference  # another place, same model: the cache is shared
+    assert model_identity(load_clip(clip_folder, dtype=torch.bfloat16)) != reference
+    tuned = load_clip(clip_folder)
+    with torch.no_grad():
+        tuned.model.visual_projection.weight.mul_(1.01)
+    assert model_identity(tuned) != reference

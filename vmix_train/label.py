@@ -23,7 +23,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m vmix_train.label", description=__doc__.split(":")[0])
+    p = argparse.ArgumentParser(prog="python -m vmix_train.label", description=__doc__)
     p.add_argument("--images", required=True, type=Path, help="the folder of images (subfolders are included)")
     p.add_argument("--config", required=True, type=Path, help="the run's TOML file: its [[dimensions]] are labelled")
     p.add_argument("--out", type=Path, help="the dataset folder to write (default: the config's [data] folder)")
