@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from tiny_checkpoint import DIMENSIONS_TOML, TinyLdmModel, original_config, write_tokenizer
+from test_train_cli import RUN as CLI_RUN
+from tiny_checkpoint import TinyLdmModel, original_config, write_tokenizer
 from tiny_clip import aesthetic_reference, write_red_aesthetic_head, write_tiny_clip, zero_shot_reference
 from transformers import CLIPModel
 
@@ -24,32 +25,10 @@ from vmix_train.label import main
 from vmix_train.labelling_report import REPORT_JSON, REPORT_MD, SCORES_JSONL, SCORES_PNG
 from vmix_train.labelling_scores import calibrate, threshold_for_fraction
 
-# The trainer tests' two dimensions: "color" (positive "vivid colour") and "lighting" ("natural lighting"). To the
-# tiny CLIP a text is its count of the letters r, g, b: "vivid colour" is pure red, "natural lighting" is 1 r and
-# 2 g, and the default contrasting text "an image" is pure green.
-RUN = (
-    """
-[model]
-checkpoint = "tiny.safetensors"
-config = "tiny.yaml"
-tokenizer = "tokenizer"
-
-[data]
-folder = "data"
-
-[output]
-folder = "out"
-"""
-    + DIMENSIONS_TOML
-    + """
-[train]
-steps = 2
-batch_size = 2
-resolution = 16
-save_every = 1
-sample_count = 0
-"""
-)
+# The trainer CLI test's run (a tiny SD model, dimension "color", positive "vivid colour") with a second dimension,
+# "lighting" ("natural lighting"). To the tiny CLIP a text is its count of the letters r, g, b: "vivid colour" is
+# pure red, "natural lighting" is 1 r and 2 g, and the default contrasting text "an image" is pure green.
+RUN = CLI_RUN + '\n[[dimensions]]\nname = "lighting"\npositive = "natural lighting"\nnegative = "sks2"\n'
 TEXTS = {"color": ("vivid colour", "an image"), "lighting": ("natural lighting", "an image")}
 COLOURS = {  # file name in the images folder: flat colour
     "red.png": (230, 40, 30),
@@ -310,6 +289,8 @@ def test_the_aesthetic_head_filters_and_labels_a_dimension(run, tmp_path):
     assert {entries[n]["labels"]["lighting"] for n in kept} == {True, False}
     dropped = {n for n, row in scores(run.data).items() if row.get("dropped")}
     assert dropped == set(COLOURS) - kept
+    for name, row in scores(run.data).items():  # every image's aesthetic score, kept or not
+        assert row["aesthetic"] == pytest.approx(aesthetic[name], abs=1e-4)
     summary = report(run.data)
     assert summary["lighting"]["method"] == "aesthetic" and summary[""]["aesthetic"]["dropped"] == len(dropped)
     with Image.open(run.data / ".vmix-label" / SCORES_PNG) as png:
@@ -429,3 +410,12 @@ def test_the_cache_is_kept_apart_per_model_weights_and_dtype(clip_folder, tmp_pa
     with torch.no_grad():
         tuned.model.visual_projection.weight.mul_(1.01)
     assert model_identity(tuned) != reference
+
+
+def test_half_precision_gives_the_same_labels(run):
+    """bfloat16 (as on a GPU, where float16 is the default) runs the same path; scores move by rounding only."""
+    assert run("--dtype", "bfloat16") == 0
+    for name, row in scores(run.data).items():
+        for dim in TEXTS:
+            assert row["scores"][dim] == pytest.approx(expected_score(name, dim), abs=0.03)
+            assert row["labels"][dim] == (expected_score(name, dim) >= 0.5)

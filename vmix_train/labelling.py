@@ -157,25 +157,26 @@ def run_labelling(
         list(dict.fromkeys([i.path for i in inputs.items] + [c.path for c in inputs.calibration])), options, progress
     )
 
-    items, aesthetic_note, filter_scores = inputs.items, None, None
-    if scorers.head is not None:
+    items, aesthetic_note, aesthetic, filter_scores = inputs.items, None, {}, None
+    if scorers.head is not None:  # every image's aesthetic score goes into scores.jsonl
         aesthetic_note = {"head": str(options.aesthetic_head), "model": scorers.aesthetic_clip.source}
-    if options.min_aesthetic is not None:
-        filter_scores = scorers.aesthetic([i.path for i in items])
-        items = [item for item, s in zip(items, filter_scores.tolist(), strict=True) if s >= options.min_aesthetic]
-        aesthetic_note |= {"min_score": options.min_aesthetic, "dropped": len(inputs.items) - len(items)}
-        if not items:
-            raise LabelError([f"every image scores below --min-aesthetic {options.min_aesthetic:g}"])
+        all_scores = scorers.aesthetic([i.path for i in items])
+        aesthetic = dict(zip([i.name for i in items], all_scores.tolist(), strict=True))
+        if options.min_aesthetic is not None:
+            filter_scores = all_scores
+            items = [item for item in items if aesthetic[item.name] >= options.min_aesthetic]
+            aesthetic_note |= {"min_score": options.min_aesthetic, "dropped": len(inputs.items) - len(items)}
+            if not items:
+                raise LabelError([f"every image scores below --min-aesthetic {options.min_aesthetic:g}"])
 
     outcomes = [_outcome(rule, scorers.scores, [i.path for i in items], inputs.calibration) for rule in inputs.rules]
     entries, per_image = _label(items, outcomes, inputs, options.keep_labels)
-    if filter_scores is not None:
+    if aesthetic:
+        for item, row in zip(items, per_image, strict=True):
+            row["aesthetic"] = aesthetic[item.name]
         kept = {item.name for item in items}
-        per_image += [
-            {"file_name": item.name, "aesthetic": float(s), "dropped": True}
-            for item, s in zip(inputs.items, filter_scores.tolist(), strict=True)
-            if item.name not in kept
-        ]
+        dropped = [i.name for i in inputs.items if i.name not in kept]
+        per_image += [{"file_name": name, "aesthetic": aesthetic[name], "dropped": True} for name in dropped]
     report = Report(
         options.images,
         inputs.dataset,
