@@ -52,12 +52,15 @@ def find_images(root: Path, skip: Iterable[Path] = ()) -> list[ImageItem]:
     """Every image under ``root`` (subfolders included), sorted by name. Hidden folders (the labeller's own cache and
     report live in ``.vmix-label*``) and the folders in ``skip`` (an output folder inside the images) are left out."""
     skipped = {p.resolve() for p in skip}
+    seen = {root.resolve()}  # a folder linked into itself is walked once
     found: list[ImageItem] = []
 
     def walk(folder: Path) -> None:
         for path in sorted(folder.iterdir()):
             if path.is_dir():
-                if not path.name.startswith(".") and path.resolve() not in skipped:
+                resolved = path.resolve()
+                if not path.name.startswith(".") and resolved not in skipped and resolved not in seen:
+                    seen.add(resolved)
                     walk(path)
             elif path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
                 found.append(ImageItem(path, path.relative_to(root).as_posix()))
