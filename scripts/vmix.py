@@ -13,7 +13,7 @@ from modules import script_callbacks, scripts, shared
 
 from vmix_ext.hooks import detach_all
 from vmix_ext.session import VMixRun
-from vmix_ext.settings import SettingsError
+from vmix_ext.settings import SettingsError, VMixSettings
 from vmix_webui import adapters, api, generation, hosts, infotext, log, status, ui, xyz
 
 log.configure(getattr(shared.cmd_opts, "vmix_loglevel", None))
@@ -40,8 +40,9 @@ class VMixScript(scripts.Script):
         tab = _tab(self)
         generation.end(p, BACKEND)  # defensively: whatever a failed earlier generation may have left
         generation.clear_infotext(p)
+        fields = len(VMixSettings.field_names())
         try:
-            settings = xyz.settings_for(p, args)
+            settings = xyz.settings_for(p, args[:fields], strengths=args[fields:])
         except SettingsError as exc:
             generation.fail(p, tab, exc, BACKEND)
             return

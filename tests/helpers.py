@@ -131,17 +131,21 @@ def literal_eq9_unet(
     strengths: dict[str, float] | None,
     scale: float,
     rows_to_mix: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    blocks: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> nn.Module:
     """A copy of ``unet`` whose cross-attention computes the paper's Eq. 9 with two separate terms.
 
     out = softmax(QK_cᵀ/√d)·V_c + λ·softmax(QK_cᵀ/√d)·V_a, V_a = W_Va·f_a tiled to the context length.
-    ``rows_to_mix(context)`` returns a 0/1 float per row (the rows that get the second term).
+    ``rows_to_mix(context)`` returns a 0/1 float per row (the rows that get the second term); ``blocks`` multiplies
+    λ in the input, middle and output blocks (the per-block control).
     """
     reference = copy.deepcopy(unet)
     f_a = adapter.aesthetic_context(strengths).detach()
     w_va = {path: proj.weight.detach() for path, proj in zip(adapter.layer_paths, adapter.value_projs, strict=True)}
+    part = {"input_blocks": 0, "middle_block": 1, "output_blocks": 2}
     for path, layer in cross_attention_layers(reference).items():
-        layer.forward = literal_eq9_forward(layer, f_a, w_va[path], scale, rows_to_mix)
+        layer_scale = scale * blocks[part[path.split(".")[0]]]
+        layer.forward = literal_eq9_forward(layer, f_a, w_va[path], layer_scale, rows_to_mix)
     return reference
 
 

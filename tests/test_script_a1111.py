@@ -27,6 +27,7 @@ from modules.prompt_parser import DictWithShape  # noqa: E402
 
 from vmix_ext.adapter import Dimension, VMixAdapter  # noqa: E402
 from vmix_ext.hooks import has_vmix_hooks  # noqa: E402
+from vmix_ext.settings import VMixSettings  # noqa: E402
 from vmix_ext.weights import load_adapter, save_adapter  # noqa: E402
 from vmix_train.checkpoint import load_single_file  # noqa: E402
 from vmix_train.config import RunConfig, TrainingOptions  # noqa: E402
@@ -37,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 768
 # One UNet call matches Eq. 9 within 1e-5 (test_eq9.py); 4 sampling steps at CFG 5 amplify fp32 rounding.
 PIPELINE_TOL = {"atol": 5e-4, "rtol": 1e-4}
-FIELDS = ("enabled", "adapter", "scale", "dimensions", "cond_only", "start", "end")
+FIELDS = VMixSettings.field_names()  # the API's positional order; the UI adds the strength sliders after them
+SLIDERS = 8
 
 
 class Host:
@@ -94,9 +96,9 @@ def host(tmp_path):
     standin.reset()
 
 
-def reference_latent(host: Host, strengths=None, scale: float = 1.0, **p_kw):
+def reference_latent(host: Host, strengths=None, scale: float = 1.0, blocks=(1.0, 1.0, 1.0), **p_kw):
     """The same generation with VMix off, on a copy of the UNet that computes Eq. 9 literally."""
-    reference = literal_eq9_unet(host.main_unet, host.film, strengths, scale)
+    reference = literal_eq9_unet(host.main_unet, host.film, strengths, scale, blocks=blocks)
     standin.register_model("reference", reference)
     host.load("reference")
     try:
@@ -109,7 +111,7 @@ def reference_latent(host: Host, strengths=None, scale: float = 1.0, **p_kw):
 def test_ui_controls_and_defaults(host):
     runner = scripts.scripts_txt2img
     script = runner.script("VMix")
-    assert script.args_to - script.args_from == len(FIELDS)
+    assert script.args_to - script.args_from == len(FIELDS) + SLIDERS
     assert gr.find_by_elem_id("txt2img_vmix_enabled").open is False
     assert gr.find_by_elem_id("txt2img_vmix_enabled-checkbox").value is False
     adapter = gr.find_by_elem_id("txt2img_vmix_adapter")
@@ -129,6 +131,12 @@ def test_ui_controls_and_defaults(host):
         False,
         0.0,
         1.0,
+        1.0,
+        1.0,
+        1.0,
+        "both",
+        -1.0,
+        *[1.0] * SLIDERS,
     ]
 
 
@@ -140,16 +148,23 @@ def test_dimension_list_follows_the_chosen_adapter(host):
     adapter = gr.find_by_elem_id("txt2img_vmix_adapter")
     _, fn, _, _outputs = next(listener for listener in adapter.listeners if listener[0] == "change")
     # The user switches adapters: the new adapter's dimensions, all on.
-    dims_update, status, previous = fn("second", ["color", "lighting", "focus"], "film")
+    dims_update, status, previous, *sliders = fn("second", ["color", "lighting", "focus"], "film")
     assert dims_update["choices"] == ["color", "lighting2", "focus2"] and dims_update["value"] == dims_update["choices"]
     assert "3 dimensions" in status and previous == "second"
+    # One strength slider per dimension, labelled with it and back at 1; the rest of the pool hidden.
+    assert len(sliders) == SLIDERS
+    assert [u["label"] for u in sliders[:3]] == ["Strength of color", "Strength of lighting2", "Strength of focus2"]
+    assert all(u["visible"] and u["value"] == 1.0 for u in sliders[:3])
+    assert all(not u["visible"] for u in sliders[3:])
+    kept = fn("second", ["lighting2"], "film")[3:]
+    assert "value" not in kept[1], "dimensions copied with the adapter keep their copied strengths"
     # "Send to img2img" copies adapter and dimensions together, without the paste step: the copied ones stay.
     assert fn("second", ["lighting2", "color:0.5"], "film")[0]["value"] == ["lighting2", "color:0.5"]
     # None at all stays none (pasted "VMix dims: none"), unless there was no adapter before.
     assert fn("second", [], "film")[0]["value"] == []
     assert fn("second", [], "")[0]["value"] == ["color", "lighting2", "focus2"]
     refresh = gr.find_by_elem_id("txt2img_vmix_refresh")
-    adapter_update, _, _ = refresh.listeners[0][1]("film")
+    adapter_update, *_ = refresh.listeners[0][1]("film")
     assert adapter_update["choices"] == ["", "film", "second"]
 
 
@@ -372,7 +387,7 @@ def test_infotext_is_written_and_pasted_back(host):
     script = scripts.scripts_txt2img.script("VMix")
     # "Send to img2img" copies the controls whose infotext names are listed here: all of VMix's.
     assert [name for _, name in script.infotext_fields] == script.paste_field_names
-    assert len(script.paste_field_names) == len(FIELDS)
+    assert len(script.paste_field_names) == len(FIELDS) + SLIDERS
     values = infotext_utils.apply_paste(info, script.infotext_fields)
     assert values[0] is True and values[1] == "film" and values[2] == 0.35
     assert values[3] == ["focus", "color"] and values[4] is True and values[6] == 0.8
@@ -393,9 +408,14 @@ def test_xyz_axes(host):
         "[VMix] Enabled",
         "[VMix] Adapter",
         "[VMix] Dimensions (a+b, all, none)",
+        "[VMix] Input blocks ×",
+        "[VMix] Middle block ×",
+        "[VMix] Output blocks ×",
+        "[VMix] Apply on",
+        "[VMix] Hires pass λ (-1: same)",
     }
     script_callbacks.before_ui_callback()  # "Reload UI" must not add the axes twice
-    assert sum(o.label.startswith("[VMix]") for o in host.xyz.axis_options) == 4
+    assert sum(o.label.startswith("[VMix]") for o in host.xyz.axis_options) == 9
     p = make_p()
     p.scripts = scripts.scripts_txt2img
     p.script_args = host.args(enabled=True)
@@ -556,6 +576,79 @@ def test_status_line_follows_this_tabs_ui_generations_only(host):
     change = next(
         listener for listener in gr.find_by_elem_id("txt2img_vmix_adapter").listeners if listener[0] == "change"
     )
-    _dims, status, _previous = change[1]("xl", [], "film")
+    _dims, status, _previous, *_sliders = change[1]("xl", [], "film")
     assert "vmix-error" in status and "made for SDXL" in status and "loaded model is SD 1.x" in status
     assert "λ" not in line(txt_button), "after a new choice the line describes the adapter again"
+
+
+# -- the controls added after the first release (issue 16): strengths, per-block λ, passes ------------------------
+
+
+def test_per_block_scales_match_literal_eq9_and_zero_blocks_change_nothing(host):
+    _, baseline = host.txt2img(enabled=False)
+    _, mixed = host.txt2img(enabled=True, scale=0.8, input_scale=0.5, middle_scale=0.0, output_scale=2.0)
+    expected = reference_latent(host, scale=0.8, blocks=(0.5, 0.0, 2.0))
+    torch.testing.assert_close(mixed.images[0], expected, **PIPELINE_TOL)
+    assert (mixed.images[0] - reference_latent(host, scale=0.8)).abs().max() > 1e-3
+    assert "VMix input scale: 0.5" in mixed.info and "VMix middle scale: 0" in mixed.info
+    _, silent = host.txt2img(enabled=True, input_scale=0.0, middle_scale=0.0, output_scale=0.0)
+    assert torch.equal(silent.images[0], baseline.images[0]), "all parts at 0 is the baseline, bit for bit"
+
+
+def test_strength_sliders_are_per_dimension_strengths(host):
+    sliders = {len(FIELDS) + i: v for i, v in enumerate([0.5, 1.0, 0.25])}  # the pool comes after the fields
+    p = make_p()
+    args = standin.ui_args(scripts.scripts_txt2img, overrides={"vmix": {0: True, **sliders}})
+    processed = txt2img_mod.txt2img(p, *args)
+    assert 'VMix dims: "color:0.5, lighting, focus:0.25"' in processed.info
+    expected = reference_latent(host, {"color": 0.5, "lighting": 1.0, "focus": 0.25})
+    torch.testing.assert_close(processed.images[0], expected, **PIPELINE_TOL)
+    # The API names strengths in "dimensions"; the padding of the sliders (1) leaves them alone.
+    defaults = api.init_default_script_args(scripts.scripts_txt2img)
+    by_api = api.text2imgapi(
+        make_p(), {"VMix": {"args": [True, "film", 1.0, ["color:0.5", "lighting", "focus:0.25"]]}}, defaults
+    )
+    assert torch.equal(by_api.images[0], processed.images[0])
+    # Pasting puts the strengths back on the sliders and the names on the checkboxes.
+    script = scripts.scripts_txt2img.script("VMix")
+    values = infotext_utils.apply_paste(processed.info, script.infotext_fields)
+    assert values[FIELDS.index("dimensions")] == ["color", "lighting", "focus"]
+    assert values[len(FIELDS) : len(FIELDS) + 4] == [0.5, 1.0, 0.25, 1.0]
+
+
+def test_passes_choose_first_hires_or_both_with_a_hires_scale(host):
+    hires = {"enable_hr": True, "hr_scale": 2.0, "denoising_strength": 0.5}
+
+    def image(**values):
+        _, processed = host.txt2img(p=dict(hires), **values)
+        return processed
+
+    off, both = image(enabled=False), image(enabled=True)
+    first_only = image(enabled=True, passes="first")
+    assert torch.equal(first_only.images[0], image(enabled=True, hires_scale=0.0).images[0])
+    hires_only = image(enabled=True, passes="hires")
+    assert torch.equal(hires_only.images[0], image(enabled=True, scale=0.0, hires_scale=1.0).images[0])
+    different = [first_only, hires_only, both, off]
+    for i, a in enumerate(different):
+        for b in different[i + 1 :]:
+            assert (a.images[0] - b.images[0]).abs().max() > 1e-4
+    assert "VMix passes: first" in first_only.info and "VMix passes" not in both.info
+    softer = image(enabled=True, hires_scale=0.5)
+    assert "VMix hires scale: 0.5" in softer.info
+    assert host.all_unets_clean()
+
+
+def test_old_infotext_and_old_api_requests_keep_their_meaning(host):
+    """Text written before the new controls existed pastes to their defaults; a 7-element API list still works."""
+    defaults = api.init_default_script_args(scripts.scripts_txt2img)
+    seven = api.text2imgapi(make_p(), {"VMix": {"args": [True, "film", 0.5, None, False, 0.0, 1.0]}}, defaults)
+    _, ui = host.txt2img(enabled=True, scale=0.5)
+    assert torch.equal(seven.images[0], ui.images[0])
+    script = scripts.scripts_txt2img.script("VMix")
+    gr.find_by_elem_id("txt2img_vmix_middle_scale").value = 0.3  # set by the user before pasting
+    gr.find_by_elem_id("txt2img_vmix_passes").value = "first"
+    old = "a cat\nSteps: 4, VMix adapter: film, VMix scale: 0.5, VMix dims: color, VMix cond only: False"
+    values = infotext_utils.apply_paste(old, script.infotext_fields)
+    assert values[FIELDS.index("scale")] == 0.5
+    assert [values[FIELDS.index(f)] for f in ("input_scale", "middle_scale", "output_scale")] == [1.0, 1.0, 1.0]
+    assert values[FIELDS.index("passes")] == "both" and values[FIELDS.index("hires_scale")] == -1.0

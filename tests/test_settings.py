@@ -65,8 +65,8 @@ def test_bad_values_name_the_parameter(values, words):
 
 
 def test_too_many_positional_args():
-    with pytest.raises(SettingsError, match="at most 7 args"):
-        VMixSettings.from_args([True] * 8)
+    with pytest.raises(SettingsError, match="at most 12 args"):
+        VMixSettings.from_args([True] * 13)
 
 
 def test_strings_from_infotext_and_xyz_are_accepted():
@@ -128,3 +128,37 @@ def test_parse_dimensions_forms():
     assert parse_dimensions("a, b:1, c:0.5") == ("a", "b", "c:0.5")
     with pytest.raises(SettingsError, match="has no name"):
         parse_dimensions([":0.5"])
+
+
+def test_new_controls_validate_and_write_infotext_only_when_set():
+    plain = VMixSettings(enabled=True, adapter="film")
+    assert not any(key in plain.to_infotext() for key in ("VMix input scale", "VMix passes", "VMix hires scale"))
+    tuned = VMixSettings(
+        enabled=True, adapter="film", input_scale="0.5", output_scale=2, passes="Hires", hires_scale=0.75
+    )
+    entries = tuned.to_infotext()
+    assert entries["VMix input scale"] == "0.5" and entries["VMix output scale"] == "2"
+    assert entries["VMix passes"] == "hires" and entries["VMix hires scale"] == "0.75"
+    assert "VMix middle scale" not in entries
+    assert VMixSettings.from_infotext({k: str(v) for k, v in entries.items()}) == tuned
+    assert tuned.blocks == (0.5, 1.0, 2.0)
+    assert tuned.applies_to(hires_pass=True) and not tuned.applies_to(hires_pass=False)
+    assert tuned.scale_for(hires_pass=True) == 0.75 and tuned.scale_for(hires_pass=False) == 1.0
+    assert VMixSettings(hires_scale=-1).hires_scale is None and VMixSettings(hires_scale="").hires_scale is None
+    with pytest.raises(SettingsError, match="'passes' must be one of both, first, hires"):
+        VMixSettings(passes="second")
+    with pytest.raises(SettingsError, match=r"'middle_scale' must be a number from 0\.0 to 2\.0"):
+        VMixSettings(middle_scale=3)
+    # The API's positional list grew at the end: a list of the first seven fields means what it always meant.
+    assert VMixSettings.from_args([True, "film", 0.5, None, False, 0.0, 1.0]).blocks == (1.0, 1.0, 1.0)
+
+
+def test_block_multipliers_scale_each_part_of_the_unet():
+    from vmix_ext.mixing import MixOptions
+
+    options = MixOptions(scale=0.8, blocks=(0.5, 0.0, 2.0))
+    assert options.layer_scale("input_blocks.1.1.transformer_blocks.0.attn2") == pytest.approx(0.4)
+    assert options.layer_scale("middle_block.1.transformer_blocks.0.attn2") == 0.0
+    assert options.layer_scale("output_blocks.11.1.transformer_blocks.0.attn2") == pytest.approx(1.6)
+    with pytest.raises(ValueError, match="block multipliers"):
+        MixOptions(blocks=(1.0, -1.0, 1.0)).validate()

@@ -177,8 +177,8 @@ class ValueMixer:
     def mix(self, path: str, output: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor | None:
         """``output`` (B, T, inner) plus λ·V_a, on ``rows`` (or, for the cond-only option, the rows found by
         ``classify_rows``); None when nothing is to be added."""
-        if self._closed or not self.in_window() or self.options.scale == 0:
-            return None
+        if self._closed or not self.in_window() or self.options.layer_scale(path) == 0:
+            return None  # λ 0 (or this part's multiplier 0) adds nothing at all: the baseline, bit for bit
         extra = self._scaled_values(path, output)
         if extra is None:
             return None
@@ -204,11 +204,12 @@ class ValueMixer:
             return None
         tokens = output.shape[-2]
         if values.requires_grad:
-            return self.options.scale * tile_tokens(values, tokens).to(output.device, output.dtype)
+            return self.options.layer_scale(path) * tile_tokens(values, tokens).to(output.device, output.dtype)
         key = (path, tokens, output.device, output.dtype)
         cached = self._cache.get(key)
         if cached is None:
-            cached = (self.options.scale * tile_tokens(values.float(), tokens)).to(output.device, output.dtype)
+            scale = self.options.layer_scale(path)
+            cached = (scale * tile_tokens(values.float(), tokens)).to(output.device, output.dtype)
             self._cache[key] = cached
         return cached
 

@@ -7,6 +7,7 @@ pass, and calls ``close`` when the generation ends, whatever way it ends. The ru
 from __future__ import annotations
 
 import weakref
+from dataclasses import replace
 
 from torch import nn
 
@@ -14,7 +15,7 @@ from .families import family_label
 from .hooks import ValueMixer
 from .library import AdapterLibrary
 from .mixing import MixOptions
-from .settings import VMixSettings
+from .settings import PASS_LABELS, VMixSettings
 from .weights import check_adapter_fits, short_hash
 
 
@@ -24,10 +25,20 @@ class VMixRun:
         self.path = library.path_for(settings.adapter)
         self.adapter = library.load(settings.adapter)
         self.strengths = settings.strengths(self.adapter.dimension_names)
-        options = MixOptions(settings.scale, settings.cond_only, settings.start, settings.end)
-        self.mixer = ValueMixer(library.values(settings.adapter, self.strengths), options)
+        options = MixOptions(settings.scale, settings.cond_only, settings.start, settings.end, settings.blocks)
+        values = library.values(settings.adapter, self.strengths)
+        self.first_mixer = ValueMixer(values, options)
+        self.hires_mixer = self.first_mixer
+        if settings.hires_scale is not None:  # hires fix with its own λ: a second mixer on the same V_a
+            self.hires_mixer = ValueMixer(values, replace(options, scale=settings.hires_scale))
+        self.mixer = self.first_mixer
         self.hash = file_hash if file_hash is not None else short_hash(self.path)
         self._fitted: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+    def select_pass(self, hires_pass: bool) -> bool:
+        """Before a sampling pass: make ``mixer`` the one for this pass; False when VMix skips the pass."""
+        self.mixer = self.hires_mixer if hires_pass else self.first_mixer
+        return self.settings.applies_to(hires_pass)
 
     def check_fits(self, unet: nn.Module) -> None:
         """Refuse an adapter that does not fit ``unet``; each UNet is checked once per generation (hires fix may
@@ -41,11 +52,23 @@ class VMixRun:
         return self.settings.to_infotext(self.hash)
 
     def status(self) -> str:
-        on = [name for name, w in self.strengths.items() if w > 0]
-        return (
-            f"{self.settings.adapter} [{self.hash}] · {family_label(self.adapter.family)} · "
-            f"λ {self.settings.scale:g} · {', '.join(on) if on else 'no dimension on'}"
-        )
+        on = [name if w == 1 else f"{name} {w:g}" for name, w in self.strengths.items() if w > 0]
+        settings = self.settings
+        parts = [
+            f"{settings.adapter} [{self.hash}]" if self.hash else settings.adapter,
+            family_label(self.adapter.family),
+            f"λ {settings.scale:g}",
+            ", ".join(on) if on else "no dimension on",
+        ]
+        if settings.blocks != (1.0, 1.0, 1.0):
+            parts.append("blocks ×{:g}/{:g}/{:g}".format(*settings.blocks))
+        if settings.passes != "both" or settings.hires_scale is not None:
+            hires = f"hires λ {settings.hires_scale:g}" if settings.hires_scale is not None else ""
+            parts.append(
+                " ".join(filter(None, [PASS_LABELS[settings.passes] + " only" * (settings.passes != "both"), hires]))
+            )
+        return " · ".join(parts)
 
     def close(self) -> None:
-        self.mixer.close()
+        self.first_mixer.close()
+        self.hires_mixer.close()

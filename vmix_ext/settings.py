@@ -23,7 +23,17 @@ INFOTEXT_KEYS: dict[str, str] = {
     "cond_only": "VMix cond only",
     "start": "VMix start",
     "end": "VMix end",
+    "input_scale": "VMix input scale",
+    "middle_scale": "VMix middle scale",
+    "output_scale": "VMix output scale",
+    "passes": "VMix passes",
+    "hires_scale": "VMix hires scale",
 }
+# Keys added after the first release: written only when they differ from the default, so infotext without them
+# (every image made before) keeps its meaning, and so do API requests that do not name them.
+OPTIONAL_KEYS = ("input_scale", "middle_scale", "output_scale", "passes", "hires_scale")
+PASSES = ("both", "first", "hires")  # which sampling passes VMix applies to: all, the first only, hires fix only
+BLOCK_SCALE_MAX = 2.0
 INFOTEXT_HASH = "VMix hash"
 # Never written: the paste step derives it from the presence of "VMix adapter", so each control has a plain key.
 INFOTEXT_ENABLED = "VMix enabled"
@@ -37,7 +47,14 @@ LABELS: dict[str, str] = {
     "cond_only": "Conditional rows only",
     "start": "Start at step fraction",
     "end": "End at step fraction",
+    "input_scale": "Input blocks ×",
+    "middle_scale": "Middle block ×",
+    "output_scale": "Output blocks ×",
+    "passes": "Apply on",
+    "hires_scale": "Hires pass λ (-1: same)",
+    "strength": "Strength of {}",
 }
+PASS_LABELS = {"both": "both passes", "first": "first pass", "hires": "hires pass"}
 
 
 class SettingsError(ValueError):
@@ -50,6 +67,9 @@ class VMixSettings:
 
     ``dimensions`` holds the names of the dimensions that are on, each optionally with a strength in [0, 1] as
     ``"name:0.5"``; None means every dimension of the adapter is on (the paper's default at inference).
+    ``input_scale`` / ``middle_scale`` / ``output_scale`` multiply λ in those parts of the UNet; ``passes`` says
+    whether VMix applies to the first pass, the hires-fix pass or both; ``hires_scale`` is λ for the hires pass
+    (None: the same λ).
     """
 
     enabled: bool = False
@@ -59,6 +79,11 @@ class VMixSettings:
     cond_only: bool = False
     start: float = 0.0
     end: float = 1.0
+    input_scale: float = 1.0
+    middle_scale: float = 1.0
+    output_scale: float = 1.0
+    passes: str = "both"
+    hires_scale: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "enabled", _as_bool("enabled", self.enabled))
@@ -68,6 +93,10 @@ class VMixSettings:
         object.__setattr__(self, "start", _as_float("start", self.start, 0.0, 1.0))
         object.__setattr__(self, "end", _as_float("end", self.end, 0.0, 1.0))
         object.__setattr__(self, "dimensions", parse_dimensions(self.dimensions))
+        for name in ("input_scale", "middle_scale", "output_scale"):
+            object.__setattr__(self, name, _as_float(name, getattr(self, name), 0.0, BLOCK_SCALE_MAX))
+        object.__setattr__(self, "passes", _as_choice("passes", self.passes, PASSES))
+        object.__setattr__(self, "hires_scale", _as_optional_scale(self.hires_scale))
         if self.start >= self.end:
             raise SettingsError(f"VMix 'start' ({self.start}) must be smaller than 'end' ({self.end})")
 
@@ -133,7 +162,22 @@ class VMixSettings:
         entries[INFOTEXT_KEYS["cond_only"]] = self.cond_only
         entries[INFOTEXT_KEYS["start"]] = _format_number(self.start)
         entries[INFOTEXT_KEYS["end"]] = _format_number(self.end)
+        defaults = VMixSettings()
+        for name in OPTIONAL_KEYS:
+            value = getattr(self, name)
+            if value != getattr(defaults, name):
+                entries[INFOTEXT_KEYS[name]] = _format_number(value) if isinstance(value, float) else value
         return entries
+
+    @property
+    def blocks(self) -> tuple[float, float, float]:
+        return (self.input_scale, self.middle_scale, self.output_scale)
+
+    def applies_to(self, hires_pass: bool) -> bool:
+        return self.passes == "both" or self.passes == ("hires" if hires_pass else "first")
+
+    def scale_for(self, hires_pass: bool) -> float:
+        return self.hires_scale if hires_pass and self.hires_scale is not None else self.scale
 
     @classmethod
     def from_infotext(cls, params: Mapping[str, Any]) -> VMixSettings:
@@ -203,6 +247,21 @@ def _as_float(name: str, value: Any, low: float, high: float) -> float:
     if isinstance(value, bool) or not math.isfinite(number) or not low <= number <= high:
         raise SettingsError(f"VMix '{name}' must be a number from {low} to {high}, got {value!r}")
     return number
+
+
+def _as_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    text = str(value).strip().lower() if isinstance(value, str) else value
+    if text not in choices:
+        raise SettingsError(f"VMix '{name}' must be one of {', '.join(choices)}, got {value!r}")
+    return text
+
+
+def _as_optional_scale(value: Any) -> float | None:
+    """None, "" or a negative number (the UI's -1) mean "the same λ as the first pass"."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "same")):
+        return None
+    number = _as_float("hires_scale", value, -1.0, SCALE_MAX)
+    return None if number < 0 else number
 
 
 def _as_adapter_name(value: Any) -> str:

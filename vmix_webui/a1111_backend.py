@@ -32,7 +32,8 @@ class A1111Backend:
 
     def end_pass(self, p: Any, run: VMixRun | None) -> None:
         if run is not None:
-            run.mixer.detach()
+            run.first_mixer.detach()
+            run.hires_mixer.detach()
         try:
             # Also hooks a lost run left (a reloaded script, a crash), but not those of a generation sampling now.
             remove_vmix_hooks(self.unet(p), stale_only=True)

@@ -71,6 +71,9 @@ def begin_pass(p: Any, backend: Backend) -> None:
     generation = _generation_of(p)
     if generation is None:
         return
+    hires_pass = bool(getattr(p, "is_hr_pass", False))  # A1111 1.6+ and the Forge family set it for hires fix
+    if not generation.run.select_pass(hires_pass):
+        return  # the user chose the other pass only
     try:
         backend.begin_pass(p, generation.run)
         generation.in_pass = True

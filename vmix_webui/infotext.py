@@ -6,11 +6,20 @@ from typing import Any
 
 import gradio as gr
 
-from vmix_ext.settings import INFOTEXT_ENABLED, INFOTEXT_HASH, INFOTEXT_KEYS, SettingsError, parse_dimensions
+from vmix_ext.settings import (
+    INFOTEXT_ENABLED,
+    INFOTEXT_HASH,
+    INFOTEXT_KEYS,
+    OPTIONAL_KEYS,
+    SettingsError,
+    VMixSettings,
+    parse_dimensions,
+    split_dimension,
+)
 
 from .adapters import library, short_hash
 from .log import logger
-from .ui import NO_ADAPTER, dimension_names
+from .ui import NO_ADAPTER, STRENGTH_KEYS, dimension_names
 
 
 def on_infotext_pasted(_infotext: str, params: dict[str, Any]) -> None:
@@ -24,9 +33,17 @@ def on_infotext_pasted(_infotext: str, params: dict[str, Any]) -> None:
     if not params[INFOTEXT_ENABLED]:
         return
     adapter = pasted_adapter(str(params[INFOTEXT_KEYS["adapter"]]), params.get(INFOTEXT_HASH))
-    params[INFOTEXT_KEYS["dimensions"]] = pasted_dimensions(
-        str(params.get(INFOTEXT_KEYS["dimensions"], "all")), adapter
-    )
+    dimensions, strengths = pasted_dimensions(str(params.get(INFOTEXT_KEYS["dimensions"], "all")), adapter)
+    params[INFOTEXT_KEYS["dimensions"]] = dimensions
+    names = dimension_names(adapter)
+    for i, key in enumerate(STRENGTH_KEYS):  # the sliders follow the adapter's order; unused ones go back to 1
+        params[key] = strengths.get(names[i], 1.0) if i < len(names) else 1.0
+    # Keys written only when not at their default (and absent from older text) mean the default: set the controls
+    # to it, or a value the user had set before pasting would stay.
+    defaults = VMixSettings()
+    for name in OPTIONAL_KEYS:
+        default = getattr(defaults, name)
+        params.setdefault(INFOTEXT_KEYS[name], -1.0 if default is None else default)
     params[INFOTEXT_KEYS["adapter"]] = gr.update(
         choices=[NO_ADAPTER, *_with(library().names(), adapter)], value=adapter
     )
@@ -41,20 +58,25 @@ def pasted_adapter(name: str, wanted_hash: str | None) -> str:
     return name
 
 
-def pasted_dimensions(text: str, adapter: str) -> dict[str, Any]:
+def pasted_dimensions(text: str, adapter: str) -> tuple[dict[str, Any], dict[str, float]]:
+    """The dimension checkboxes for pasted ``VMix dims`` (names only; a name the adapter lacks is added so the user
+    sees it) and the strengths it names, for the sliders."""
     choices = dimension_names(adapter)
     text = text.strip()
+    strengths: dict[str, float] = {}
     if text == "all":
         chosen = list(choices)
     elif text == "none":
         chosen = []
     else:
         try:
-            chosen = list(parse_dimensions(text) or ())
+            items = [split_dimension(item) for item in parse_dimensions(text) or ()]
         except SettingsError as exc:
             logger.warning("pasted infotext has unreadable VMix dims %r (%s); all dimensions are on", text, exc)
-            chosen = list(choices)
-    return gr.update(choices=_with(choices, *chosen), value=chosen)
+            items = [(name, 1.0) for name in choices]
+        chosen = [name for name, _ in items]
+        strengths = dict(items)
+    return gr.update(choices=_with(choices, *chosen), value=chosen), strengths
 
 
 def _with(items: list[str], *extra: str) -> list[str]:

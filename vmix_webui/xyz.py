@@ -11,17 +11,20 @@ from typing import Any
 
 from modules import scripts
 
-from vmix_ext.settings import LABELS, VMixSettings, parse_dimensions
+from vmix_ext.settings import LABELS, PASSES, VMixSettings, parse_dimensions
 
 from .adapters import library
+from .ui import dimension_names
 
 XYZ_ATTRIBUTE = "vmix_{}"
+BLOCK_FIELDS = ("input_scale", "middle_scale", "output_scale")
 _PREFIX = "[VMix] "
 
 
-def settings_for(p: Any, args: Sequence[Any]) -> VMixSettings:
-    """UI (or API) values, with any X/Y/Z cell values that were set on this copy of ``p``."""
-    settings = VMixSettings.from_args(args)
+def settings_for(p: Any, args: Sequence[Any], strengths: Sequence[Any] = ()) -> VMixSettings:
+    """UI (or API) values, with the UI's per-dimension strength sliders folded into the dimensions, and any X/Y/Z
+    cell values that were set on this copy of ``p``."""
+    settings = with_slider_strengths(VMixSettings.from_args(args), strengths)
     overrides = {}
     for name in VMixSettings.field_names():
         attribute = XYZ_ATTRIBUTE.format(name)
@@ -62,5 +65,25 @@ def add_axes() -> None:
             ),
             module.AxisOption(_PREFIX + "Adapter", str, _setter("adapter"), choices=lambda: library().names()),
             module.AxisOption(_PREFIX + "Dimensions (a+b, all, none)", str, _setter("dimensions", xyz_dimensions)),
+            *(module.AxisOption(_PREFIX + LABELS[f], float, _setter(f)) for f in BLOCK_FIELDS),
+            module.AxisOption(_PREFIX + LABELS["passes"], str, _setter("passes"), choices=lambda: list(PASSES)),
+            module.AxisOption(_PREFIX + LABELS["hires_scale"], float, _setter("hires_scale")),
         ]
     )
+
+
+def with_slider_strengths(settings: VMixSettings, strengths: Sequence[Any]) -> VMixSettings:
+    """The UI's strength sliders (one per dimension of the chosen adapter, in the adapter's order; 1 when unused,
+    which is also what the API's padding gives) become ``name:strength`` items of the ticked dimensions. An item
+    that already names its strength (pasted or typed ``name:0.5``) keeps it."""
+    if not strengths or settings.dimensions is None or not settings.adapter:
+        return settings
+    order = dimension_names(settings.adapter)
+    chosen = []
+    for item in settings.dimensions:
+        name, _, strength = item.partition(":")
+        slider = strengths[order.index(name)] if name in order and order.index(name) < len(strengths) else 1.0
+        if not strength and slider is not None and float(slider) != 1.0:
+            item = f"{name}:{float(slider):g}"
+        chosen.append(item)
+    return settings.with_overrides({"dimensions": tuple(chosen)})
