@@ -46,7 +46,13 @@ def write_tiny_clip(folder: Path, seed: int = 0) -> Path:
     )
     tokenizer = CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPModel(config).save_pretrained(folder)
+    model = CLIPModel(config)
+    with torch.no_grad():  # a direction both towers share, so cosines spread over (0, 1) rather than around 0
+        for norm in (model.vision_model.post_layernorm, model.text_model.final_layer_norm):
+            norm.weight[0], norm.bias[0] = 0.0, 1.0
+        model.visual_projection.weight[0, 0] = 3.0
+        model.text_projection.weight[0, 0] = 3.0
+    model.save_pretrained(folder)
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
     return folder
 
@@ -57,7 +63,7 @@ def write_tiny_aesthetic_head(path: Path, embed_dim: int = CLIP_WIDTH, seed: int
     head = AestheticHead(embed_dim)
     with torch.no_grad():
         for p in head.parameters():
-            p.normal_(0, 0.5)
+            p.normal_(0, 0.1)
         head.layers[7].bias.fill_(5.0)
     save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(path))
     return path
