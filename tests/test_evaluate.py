@@ -219,3 +219,6 @@ def test_the_command_line_checks_everything_and_defaults_to_the_paper_sampler(wo
     assert (defaults.steps, defaults.guidance, defaults.negative_prompt) == (25, 7.5, "")
     assert evaluate.main(["--config", str(workspace / "missing.toml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    torch.save([1, 2], workspace / "not-weights.pth")
+    assert evaluate.main(["--convert-inception", str(workspace / "not-weights.pth"), str(workspace / "x")]) == 2
+    assert "not-weights.pth does not hold a state dict" in capsys.readouterr().err

@@ -41,7 +41,7 @@ from vmix_train.clip_models import ClipModelError, ClipScorer, load_clip
 from vmix_train.config import native_resolution
 from vmix_train.evaluate_config import IMAGE_SUFFIXES, EvalConfig, EvalConfigError, load_eval_config
 from vmix_train.evaluate_report import write_outputs
-from vmix_train.inception import InceptionWeightsError, load_inception
+from vmix_train.inception import InceptionWeightsError, convert, load_inception
 from vmix_train.metrics import FrechetDistance, Summary, aesthetic_scores, clip_scores, summarise
 from vmix_train.model import BaseModel
 from vmix_train.sampling import sample, to_pil
@@ -195,13 +195,7 @@ def load_metric_models(config: EvalConfig, device: str | torch.device = "cpu") -
 
 
 def load_base(config: EvalConfig, device: torch.device) -> BaseModel:
-    base = load_single_file(
-        config.checkpoint,
-        original_config=config.original_config,
-        tokenizer=config.tokenizer,
-        clip_skip=config.clip_skip,
-        prediction=config.prediction,
-    )
+    base = load_single_file(config.checkpoint, **config.model_options)
     base.to(device)
     dtype = PRECISION[config.precision]
     for module in (base.unet, *base.text_encoders):
@@ -375,11 +369,21 @@ def _open_all(paths: Sequence[Path]) -> Iterator[Image.Image]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vmix_train.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="the evaluation's TOML file (example: examples/eval.toml)")
+    parser.add_argument("--config", help="the evaluation's TOML file (example: examples/eval.toml)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu, … (default: cuda when available)")
     parser.add_argument("--check", action="store_true", help="check the config and load every model, then stop")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    parser.add_argument(
+        "--convert-inception",
+        nargs=2,
+        metavar=("PTH", "SAFETENSORS"),
+        help="convert FID's published Inception-v3 weights (.pth) once to the .safetensors file FID reads",
+    )
     args = parser.parse_args(argv)
+    if args.convert_inception:
+        return _convert_inception(*args.convert_inception)
+    if not args.config:
+        parser.error("--config is required")
     try:
         config = load_eval_config(args.config)
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -401,6 +405,16 @@ def main(argv: list[str] | None = None) -> int:
         print("[VMix] stopped; run the same command again to go on where it stopped", file=sys.stderr)
         return 130
     print(result.files["markdown"].read_text(encoding="utf-8"))
+    return 0
+
+
+def _convert_inception(source: str, target: str) -> int:
+    try:
+        convert(source, target)
+    except (InceptionWeightsError, OSError, RuntimeError) as exc:
+        print(f"[VMix] {exc}", file=sys.stderr)
+        return 2
+    print(f"[VMix] wrote {target}")
     return 0
 
 

@@ -63,6 +63,16 @@ class EvalConfig:
     source: Path | None = None  # the config file itself
 
     @property
+    def model_options(self) -> dict[str, Any]:
+        """``load_single_file``'s options from [model], the same keys as the trainer's."""
+        return {
+            "original_config": self.original_config,
+            "tokenizer": self.tokenizer,
+            "clip_skip": self.clip_skip,
+            "prediction": self.prediction,
+        }
+
+    @property
     def has_fid(self) -> bool:
         return self.fid_reference is not None
 

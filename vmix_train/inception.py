@@ -5,7 +5,7 @@ that the original FID code used. PyTorch ports of it (torch-fidelity's ``weights
 pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``) store its weights under torchvision's module names, and are
 pickles; convert one once with
 
-    python -m vmix_train.inception convert weights-inception-2015-12-05-6726825d.pth inception-2015-12-05.safetensors
+    python -m vmix_train.evaluate --convert-inception weights-inception-2015-12-05-6726825d.pth inception.safetensors
 
 (a one-off ``torch.load(weights_only=True)``). Everything else reads the safetensors file.
 
@@ -17,8 +17,6 @@ scaled as ``(x - 128) / 128``. The distance itself is torchmetrics' (``vmix_trai
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import torch
@@ -246,7 +244,7 @@ def load_inception(path: str | Path) -> FidInception:
     except (SafetensorError, OSError) as exc:
         raise InceptionWeightsError(
             f"Inception weights {path.name} are not a readable safetensors file ({exc}); convert the published .pth "
-            "with `python -m vmix_train.inception convert`"
+            "with `python -m vmix_train.evaluate --convert-inception`"
         ) from None
     model = FidInception()
     expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
@@ -258,7 +256,7 @@ def load_inception(path: str | Path) -> FidInception:
         raise InceptionWeightsError(
             f"Inception weights {path.name} are not FID's Inception-v3 (missing: {missing[:3]}, misshapen: "
             f"{misshapen[:3]}, unexpected: {extra[:3]}); use the 2015-12-05 FID weights converted with "
-            "`python -m vmix_train.inception convert`"
+            "`python -m vmix_train.evaluate --convert-inception`"
         )
     model.load_state_dict({k: v.float() for k, v in given.items()}, strict=False)
     return model.eval().requires_grad_(False)
@@ -279,23 +277,3 @@ def convert(source: str | Path, target: str | Path) -> None:
         tmp.unlink()
         raise
     tmp.replace(target)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vmix_train.inception", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    conv = sub.add_parser("convert", help="convert the published FID Inception .pth to .safetensors")
-    conv.add_argument("source")
-    conv.add_argument("target")
-    args = parser.parse_args(argv)
-    try:
-        convert(args.source, args.target)
-    except (InceptionWeightsError, OSError, RuntimeError) as exc:
-        print(f"[VMix] {exc}", file=sys.stderr)
-        return 2
-    print(f"[VMix] wrote {args.target}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
