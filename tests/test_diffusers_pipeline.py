@@ -285,6 +285,12 @@ def test_bad_requests_say_what_is_wrong(sd1, sdxl, tmp_path):
         apply_vmix("pipe", sd1.adapter_path)
     with pytest.raises(AdapterFileError, match=r"missing\.safetensors.*not found"):
         apply_vmix(sd1.pipe, tmp_path / "missing.safetensors")
+    sd1.pipe.fuse_qkv_projections()
+    try:
+        with pytest.raises(ValueError, match=r"fused.*unfuse_qkv_projections\(\)"):
+            apply_vmix(sd1.pipe, sd1.adapter_path)
+    finally:
+        sd1.pipe.unfuse_qkv_projections()
     assert not has_vmix_hooks(sd1.pipe.unet)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -222,3 +223,10 @@ def test_the_command_line_checks_everything_and_defaults_to_the_paper_sampler(wo
     torch.save([1, 2], workspace / "not-weights.pth")
     assert evaluate.main(["--convert-inception", str(workspace / "not-weights.pth"), str(workspace / "x")]) == 2
     assert "not-weights.pth does not hold a state dict" in capsys.readouterr().err
+
+
+def test_the_example_config_has_only_paths_this_machine_lacks():
+    with pytest.raises(EvalConfigError) as caught:
+        load_eval_config(Path(__file__).parents[1] / "examples" / "eval.toml")
+    problems = caught.value.problems
+    assert problems and all("does not exist" in p or "matches no file" in p for p in problems), problems

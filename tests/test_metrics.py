@@ -30,7 +30,15 @@ from vmix_train.inception import (
     load_inception,
     resize_like_tensorflow1,
 )
-from vmix_train.metrics import FrechetDistance, aesthetic_scores, clip_scores, summarise, uint8_batch
+from vmix_train.metrics import (
+    FrechetDistance,
+    MetricError,
+    aesthetic_scores,
+    check_aesthetic_pair,
+    clip_scores,
+    summarise,
+    uint8_batch,
+)
 
 
 def images(count: int, seed: int, low: int = 0, high: int = 256, size: tuple[int, int] = (24, 20)) -> list[Image.Image]:
@@ -89,8 +97,12 @@ def test_the_aesthetic_head_is_five_affine_maps(tmp_path):
     scorer = fixed_scorer(x.tolist(), x.tolist())
     torch.testing.assert_close(aesthetic_scores(scorer, head, [None] * 4), expected.squeeze(-1), atol=1e-5, rtol=1e-5)
     narrow = fixed_scorer([[1.0] * 4], [[1.0] * 4])
-    with pytest.raises(ValueError, match=r"takes 8-wide CLIP embeddings.*gives 4-wide.*ViT-L/14"):
+    with pytest.raises(MetricError, match=r"takes 8-wide CLIP embeddings.*gives 4-wide.*ViT-L/14"):
         aesthetic_scores(narrow, head, [None])
+    with pytest.raises(MetricError, match=r"takes 8-wide CLIP embeddings.*'fixed' gives 16-wide"):
+        check_aesthetic_pair(
+            SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(projection_dim=16)), source="fixed"), head
+        )
     broken = tmp_path / "broken.safetensors"
     save_file({"layers.0.weight": torch.zeros(3, 8)}, str(broken))
     with pytest.raises(AestheticHeadError, match=r"broken\.safetensors does not have the LAION head's layout"):

@@ -33,6 +33,7 @@ from torch.utils.hooks import RemovableHandle
 
 from vmix_ext.adapter import VMixAdapter
 from vmix_ext.hooks import HOOK_MARKER, ValueMixer
+from vmix_ext.layers import cross_attention_layers
 from vmix_ext.mixing import MixOptions
 from vmix_ext.settings import VMixSettings
 from vmix_ext.weights import check_adapter_fits, load_adapter
@@ -63,6 +64,15 @@ class VMix:
             self.path = str(adapter)
             self.adapter = load_adapter(adapter)
         check_adapter_fits(self.adapter, self.unet, self.path)
+        # diffusers' fused processors (FusedAttnProcessor2_0, …) project keys and values with one to_kv call.
+        if any(
+            "Fused" in type(getattr(layer, "processor", None)).__name__
+            for layer in cross_attention_layers(self.unet).values()
+        ):
+            raise ValueError(
+                "the UNet's attention projections are fused (fuse_qkv_projections), so to_v is never called and VMix "
+                "would do nothing; call unfuse_qkv_projections() on the pipeline first"
+            )
         self.strengths = settings.strengths(self.adapter.dimension_names)
         with torch.no_grad():
             values = self.adapter.aesthetic_values(self.strengths, dtype=torch.float32)

@@ -42,7 +42,16 @@ from vmix_train.config import native_resolution
 from vmix_train.evaluate_config import IMAGE_SUFFIXES, EvalConfig, EvalConfigError, load_eval_config
 from vmix_train.evaluate_report import write_outputs
 from vmix_train.inception import InceptionWeightsError, convert, load_inception
-from vmix_train.metrics import FrechetDistance, Summary, aesthetic_scores, clip_scores, summarise
+from vmix_train.metrics import (
+    FrechetDistance,
+    MetricError,
+    Summary,
+    aesthetic_scores,
+    check_aesthetic_pair,
+    clip_scores,
+    require_torchmetrics,
+    summarise,
+)
 from vmix_train.model import BaseModel
 from vmix_train.sampling import sample, to_pil
 
@@ -56,6 +65,7 @@ _USER_ERRORS = (
     ClipModelError,
     AestheticHeadError,
     InceptionWeightsError,
+    MetricError,
 )
 
 
@@ -183,13 +193,16 @@ class ImageStore:
 
 
 def load_metric_models(config: EvalConfig, device: str | torch.device = "cpu") -> MetricModels:
+    """The metric models from their local files, checked to fit together before any image is made."""
     clip = load_clip(config.clip, device)
     models = MetricModels(clip)
     if config.aesthetic_head is not None:
         source = config.aesthetic_clip or config.clip
         models.aesthetic_clip = clip if source == config.clip else load_clip(source, device)
         models.aesthetic_head = load_aesthetic_head(config.aesthetic_head).to(device)
+        check_aesthetic_pair(models.aesthetic_clip, models.aesthetic_head)
     if config.fid_inception is not None and config.has_fid:
+        require_torchmetrics()
         models.fid_features = load_inception(config.fid_inception).to(device)
     return models
 

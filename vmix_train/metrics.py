@@ -25,6 +25,31 @@ from vmix_train.aesthetic import AestheticHead
 from vmix_train.clip_models import ClipScorer
 
 
+class MetricError(ValueError):
+    """A metric that cannot be computed with what is installed or given; the message says what to do."""
+
+
+def require_torchmetrics() -> None:
+    """FID is torchmetrics'; say so before hours of generation rather than after."""
+    try:
+        import torchmetrics.image.fid  # noqa: F401
+    except ImportError:
+        raise MetricError("FID needs torchmetrics: pip install torchmetrics (it does not install torch)") from None
+
+
+def check_aesthetic_pair(scorer: ClipScorer, head: AestheticHead) -> None:
+    width = getattr(getattr(scorer.model, "config", None), "projection_dim", head.embed_dim)
+    if width != head.embed_dim:
+        raise MetricError(_width_problem(scorer, head, width))
+
+
+def _width_problem(scorer: ClipScorer, head: AestheticHead, width: int) -> str:
+    return (
+        f"the aesthetic head takes {head.embed_dim}-wide CLIP embeddings but CLIP model '{scorer.source}' gives "
+        f"{width}-wide ones; the LAION head needs CLIP ViT-L/14 (openai/clip-vit-large-patch14)"
+    )
+
+
 @dataclass(frozen=True)
 class Summary:
     """Mean of per-image scores and its standard error (sample standard deviation / √n; NaN for one image)."""
@@ -55,10 +80,7 @@ def aesthetic_scores(scorer: ClipScorer, head: AestheticHead, images: Sequence[I
     """(N,) LAION aesthetic scores (about 1 to 10)."""
     embeds = scorer.image_embeds(images)
     if embeds.shape[-1] != head.embed_dim:
-        raise ValueError(
-            f"the aesthetic head takes {head.embed_dim}-wide CLIP embeddings but CLIP model '{scorer.source}' gives "
-            f"{embeds.shape[-1]}-wide ones; the LAION head needs CLIP ViT-L/14 (openai/clip-vit-large-patch14)"
-        )
+        raise MetricError(_width_problem(scorer, head, embeds.shape[-1]))
     with torch.no_grad():
         return head(embeds.to(next(head.parameters()).device)).float().cpu()
 
@@ -79,6 +101,7 @@ class FrechetDistance:
     """
 
     def __init__(self, features: nn.Module, device: str | torch.device = "cpu", batch_size: int = 16) -> None:
+        require_torchmetrics()
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         self.device = torch.device(device)
