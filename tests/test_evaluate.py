@@ -179,9 +179,19 @@ def test_a_second_run_generates_only_what_is_missing(loaded, first_run, count_ge
 
 def test_images_made_with_other_settings_are_not_mixed_in(loaded, first_run, count_generations):
     config, base, metrics = loaded
-    changed = dataclasses.replace(config, steps=3)
+    quiet = {"base": base, "metrics": metrics, "progress": False, "log": lambda _: None}
     with pytest.raises(evaluate.EvaluationError, match=r"images[/\\]base holds images made with other settings.*steps"):
-        evaluate.run_evaluation(changed, base=base, metrics=metrics, progress=False, log=lambda _: None)
+        evaluate.run_evaluation(dataclasses.replace(config, steps=3), **quiet)
+    # A folder made another way, found after a setting that is new: nothing is written for the new one either.
+    record = config.output_dir / "images" / "vivid" / "lambda-1.5" / "none" / "setting.json"
+    original = record.read_text(encoding="utf-8")
+    record.write_text(original.replace('"guidance": 7.5', '"guidance": 5.0'), encoding="utf-8")
+    try:
+        with pytest.raises(evaluate.EvaluationError, match=r"none holds images.*guidance: 5\.0 then, 7\.5 now"):
+            evaluate.run_evaluation(dataclasses.replace(config, lambdas=(0.0, 0.5, 1.5)), **quiet)
+    finally:
+        record.write_text(original, encoding="utf-8")
+    assert not (config.output_dir / "images" / "vivid" / "lambda-0.5").exists()
     assert count_generations == []
 
 
@@ -198,17 +208,18 @@ def test_an_adapter_for_another_family_is_refused_before_any_image(loaded, tmp_p
 def test_every_config_problem_is_reported_at_once(workspace, tmp_path):
     bad = CONFIG.replace('file = "prompts.txt"', 'file = "missing.txt"')
     bad = bad.replace("lambdas = [0, 1.5]", "lambdas = [0, 3]").replace('fid_inception = "inception.safetensors"\n', "")
-    bad = bad.replace("[output]", "[output]\ncolour = 1")
+    bad = bad.replace("[output]", "[output]\ncolour = 1").replace('"head.safetensors"', '"no-head.safetensors"')
     path = workspace / "bad.toml"
     path.write_text(bad, encoding="utf-8")
     with pytest.raises(EvalConfigError) as caught:
         load_eval_config(path)
     text = str(caught.value)
-    assert "bad.toml' has 4 problem(s)" in text
+    assert "bad.toml' has 5 problem(s)" in text
     assert "[prompts] file" in text and "missing.txt does not exist" in text
     assert "[vmix] lambdas must be a list of numbers from 0 to 2" in text
     assert "fid_reference needs fid_inception" in text
     assert "[output] unknown key(s) ['colour']" in text
+    assert "[metrics] aesthetic_head" in text and "no-head.safetensors does not exist" in text
 
 
 def test_the_command_line_checks_everything_and_defaults_to_the_paper_sampler(workspace, capsys):

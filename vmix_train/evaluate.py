@@ -168,22 +168,26 @@ class ImageStore:
         digest = hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:8]
         return self.folder / setting.key / f"{index:05d}-{digest}-seed{seed}.png"
 
-    def claim(self, setting: Setting, description: dict[str, Any]) -> None:
-        """Record how a setting's images are made; refuse a folder whose images were made another way."""
-        folder = self.folder / setting.key
-        record = folder / "setting.json"
-        if record.is_file():
+    def claim(self, descriptions: Sequence[tuple[Setting, dict[str, Any]]]) -> None:
+        """Record how each setting's images are made; refuse, before writing anything, a folder whose images were
+        made another way."""
+        new = []
+        for setting, description in descriptions:
+            record = self.folder / setting.key / "setting.json"
+            if not record.is_file():
+                new.append((record, description))
+                continue
             stored = json.loads(record.read_text(encoding="utf-8"))
             differences = sorted(k for k in set(stored) | set(description) if stored.get(k) != description.get(k))
             if differences:
                 shown = ", ".join(f"{k}: {stored.get(k)!r} then, {description.get(k)!r} now" for k in differences)
                 raise EvaluationError(
-                    f"{folder} holds images made with other settings ({shown}); use another [output] folder, or "
-                    "delete that folder to make them again"
+                    f"{record.parent} holds images made with other settings ({shown}); use another [output] folder, "
+                    "or delete that folder to make them again"
                 )
-            return
-        folder.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(description, indent=1, sort_keys=True), encoding="utf-8")
+        for record, description in new:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps(description, indent=1, sort_keys=True), encoding="utf-8")
 
     @staticmethod
     def save(image: Image.Image, path: Path) -> None:
@@ -245,8 +249,7 @@ def run_evaluation(
     settings = plan_settings(config, adapters)
     size = config.size or native_resolution(base.family, base.scheduler.config.prediction_type)
     store = ImageStore(config.output_dir / "images")
-    for setting in settings:
-        store.claim(setting, _description(config, base, setting, size))
+    store.claim([(setting, _description(config, base, setting, size)) for setting in settings])
     total = len(settings) * len(config.prompts) * len(config.seeds)
     log(
         f"[VMix] {len(settings)} settings × {len(config.prompts)} prompts × {len(config.seeds)} seeds = {total} "

@@ -91,6 +91,9 @@ def load_eval_config(path: str | Path) -> EvalConfig:
     model, sampling, metrics = (reader.section(name) for name in ("model", "sampling", "metrics"))
 
     checkpoint = reader.existing_path("model", "checkpoint", required=True)
+    original_config = reader.existing_path("model", "config")
+    tokenizer = reader.existing_path("model", "tokenizer")
+    aesthetic_head = reader.existing_path("metrics", "aesthetic_head")
     adapters = reader.adapters()
     prompts = reader.prompts()
     clip = reader.model_source("metrics", "clip", required=True)
@@ -145,10 +148,10 @@ def load_eval_config(path: str | Path) -> EvalConfig:
         guidance=float(guidance),
         negative_prompt=negative,
         precision=precision,
-        original_config=reader.existing_path("model", "config"),
-        tokenizer=reader.existing_path("model", "tokenizer"),
+        original_config=original_config,
+        tokenizer=tokenizer,
         prediction=prediction,
-        aesthetic_head=reader.existing_path("metrics", "aesthetic_head"),
+        aesthetic_head=aesthetic_head,
         aesthetic_clip=aesthetic_clip,
         fid_reference=fid_reference,
         fid_inception=fid_inception,
