@@ -130,7 +130,8 @@ def webui_latents(tiny: Tiny, settings: VMixSettings, latents: torch.Tensor) -> 
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     scheduler.set_timesteps(STEPS)
     run = VMixRun(settings, tiny.library)
-    run.ensure_on(unet)
+    run.check_fits(unet)
+    run.mixer.attach(unet)
     try:
         for i, t in enumerate(scheduler.timesteps):
             run.mixer.set_progress(i, STEPS)
@@ -149,6 +150,7 @@ CASES = {
     "cond rows only": {"cond_only": True},
     "steps 1-2 of 4": {"start": 0.25, "end": 0.75},
     "cond only, second half": {"cond_only": True, "start": 0.5, "end": 1.0},
+    "per-block λ": {"input_scale": 0.5, "middle_scale": 0.0, "output_scale": 2.0},
 }
 
 

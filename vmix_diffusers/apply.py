@@ -76,7 +76,7 @@ class VMix:
         self.strengths = settings.strengths(self.adapter.dimension_names)
         with torch.no_grad():
             values = self.adapter.aesthetic_values(self.strengths, dtype=torch.float32)
-        options = MixOptions(settings.scale, settings.cond_only, settings.start, settings.end)
+        options = MixOptions(settings.scale, settings.cond_only, settings.start, settings.end, settings.blocks)
         self.mixer = ValueMixer({path: value.detach() for path, value in values.items()}, options)
         self._calls = 0  # UNet calls so far in the current denoising loop
         self._last_timestep: float | None = None
@@ -157,6 +157,9 @@ def apply_vmix(
     cond_only: bool = False,
     start: float = 0.0,
     end: float = 1.0,
+    input_scale: float = 1.0,
+    middle_scale: float = 1.0,
+    output_scale: float = 1.0,
 ) -> VMix:
     """Apply a VMix adapter to ``pipe`` (a StableDiffusion(XL) pipeline, txt2img, img2img or inpaint; or a bare
     ``UNet2DConditionModel`` for λ and dimensions only) until ``remove()`` or the end of a ``with`` block.
@@ -166,7 +169,8 @@ def apply_vmix(
     on, as names or ``"name:0.5"`` strengths, a list or one comma-separated string (the web UI's syntax); None means
     all on, ``[]`` none. ``cond_only``: add λ·V_a to the prompt rows only, not to the negative-prompt rows of
     classifier-free guidance (the paper's formula, the default, adds it to both). ``start``/``end``: the part of the
-    denoising steps that gets VMix, as fractions (start inclusive, end exclusive).
+    denoising steps that gets VMix, as fractions (start inclusive, end exclusive). ``input_scale`` /
+    ``middle_scale`` / ``output_scale``: multipliers of λ in those parts of the UNet (the web UI's per-block λ).
     The adapter must be made for the pipeline's model family; otherwise ``AdapterFileError`` says which it was made for.
     """
     name = "adapter" if isinstance(adapter, VMixAdapter) else Path(adapter).name
@@ -178,6 +182,9 @@ def apply_vmix(
         cond_only=cond_only,
         start=start,
         end=end,
+        input_scale=input_scale,
+        middle_scale=middle_scale,
+        output_scale=output_scale,
     )
     return VMix(pipe, adapter, settings)
 
