@@ -182,3 +182,17 @@ def test_summary_is_the_mean_and_its_standard_error():
     assert summary.mean == 2.5 and summary.count == 4
     assert summary.se == pytest.approx(math.sqrt(5 / 3) / 2)
     assert math.isnan(summarise([7.0]).se) and summarise([7.0]).mean == 7.0
+
+
+def test_the_aesthetic_head_converts_once_and_a_wrong_file_is_not_left_behind(tmp_path):
+    from vmix_train import aesthetic
+
+    head = aesthetic.AestheticHead(16)
+    torch.save(head.state_dict(), tmp_path / "published.pth")  # the published head is such a pickle
+    assert aesthetic.main(["convert", str(tmp_path / "published.pth"), str(tmp_path / "head.safetensors")]) == 0
+    embeds = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    with torch.no_grad():
+        assert torch.equal(aesthetic.load_aesthetic_head(tmp_path / "head.safetensors")(embeds), head.eval()(embeds))
+    torch.save({"something.else": torch.zeros(2)}, tmp_path / "other.pth")
+    assert aesthetic.main(["convert", str(tmp_path / "other.pth"), str(tmp_path / "bad.safetensors")]) == 2
+    assert not (tmp_path / "bad.safetensors").exists() and not (tmp_path / "bad.safetensors.tmp").exists()

@@ -5,7 +5,7 @@ The paper reports its score (Tables 1-3). The published head is a PyTorch pickle
 
     python -m vmix_train.aesthetic convert sac+logos+ava1-l14-linearMSE.pth laion-aesthetic-l14.safetensors
 
-(the only place this project calls ``torch.load``, with ``weights_only=True``). Everything else reads the
+(``vmix_train.local_weights``, the only place this project reads a pickle). Everything else reads the
 safetensors file. The head's input is the L2-normalised projected image embedding of CLIP ViT-L/14
 (``openai/clip-vit-large-patch14``, 768 wide); its output is a score of roughly 1 to 10.
 """
@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from vmix_train.local_weights import conversion_command, convert_pickle, read_tensors
 
 # The published head's layout: Linear layers at these indices of an nn.Sequential named "layers", Dropouts between.
 _LINEAR_INDICES = (0, 2, 4, 6, 7)
@@ -57,15 +57,7 @@ class AestheticHead(nn.Module):
 def load_aesthetic_head(path: str | Path) -> AestheticHead:
     """The head from a safetensors file with the published state dict's keys (``layers.0.weight`` ...)."""
     path = Path(path)
-    if not path.is_file():
-        raise AestheticHeadError(f"aesthetic head {path} not found")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise AestheticHeadError(
-            f"aesthetic head {path.name} is not a readable safetensors file ({exc}); convert the published .pth "
-            "with `python -m vmix_train.aesthetic convert`"
-        ) from None
+    tensors = read_tensors(path, "aesthetic head", AestheticHeadError, "python -m vmix_train.aesthetic convert")
     first = tensors.get("layers.0.weight")
     if first is None or first.dim() != 2:
         raise AestheticHeadError(f"aesthetic head {path.name} has no 'layers.0.weight' matrix: not a LAION head")
@@ -83,12 +75,8 @@ def load_aesthetic_head(path: str | Path) -> AestheticHead:
 
 
 def convert(source: str | Path, target: str | Path) -> None:
-    """Convert the published ``.pth`` state dict once; pickle is read with ``weights_only=True``."""
-    state = torch.load(str(source), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise AestheticHeadError(f"{source} does not hold a state dict")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(target))
-    load_aesthetic_head(target)  # refuse to leave a file that would not load
+    """Convert the published ``.pth`` state dict once (see ``local_weights``)."""
+    convert_pickle(source, target, load_aesthetic_head, AestheticHeadError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,13 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     conv.add_argument("source")
     conv.add_argument("target")
     args = parser.parse_args(argv)
-    try:
-        convert(args.source, args.target)
-    except (AestheticHeadError, OSError, RuntimeError) as exc:
-        print(f"[VMix] {exc}", file=sys.stderr)
-        return 2
-    print(f"[VMix] wrote {args.target}")
-    return 0
+    return conversion_command(convert, (AestheticHeadError,), args.source, args.target)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from vmix_train.config import native_resolution
 from vmix_train.evaluate_config import IMAGE_SUFFIXES, EvalConfig, EvalConfigError, load_eval_config
 from vmix_train.evaluate_report import write_outputs
 from vmix_train.inception import InceptionWeightsError, convert, load_inception
+from vmix_train.local_weights import conversion_command
 from vmix_train.metrics import (
     FrechetDistance,
     MetricError,
@@ -425,13 +426,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _convert_inception(source: str, target: str) -> int:
-    try:
-        convert(source, target)
-    except (InceptionWeightsError, OSError, RuntimeError) as exc:
-        print(f"[VMix] {exc}", file=sys.stderr)
-        return 2
-    print(f"[VMix] wrote {target}")
-    return 0
+    return conversion_command(convert, (InceptionWeightsError,), source, target)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from vmix_train.local_weights import convert_pickle, read_tensors
 
 INPUT_SIZE = 299
 FEATURES = 2048
@@ -237,15 +237,9 @@ def load_inception(path: str | Path) -> FidInception:
     """FID's Inception-v3 from a safetensors file with the published weights' names (``Conv2d_1a_3x3.conv.weight``
     ...); the classifier (``fc.*``) and batch-norm counters in the file are not needed and are ignored."""
     path = Path(path)
-    if not path.is_file():
-        raise InceptionWeightsError(f"Inception weights {path} not found")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise InceptionWeightsError(
-            f"Inception weights {path.name} are not a readable safetensors file ({exc}); convert the published .pth "
-            "with `python -m vmix_train.evaluate --convert-inception`"
-        ) from None
+    tensors = read_tensors(
+        path, "Inception weights", InceptionWeightsError, "python -m vmix_train.evaluate --convert-inception"
+    )
     model = FidInception()
     expected = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     given = {k: v for k, v in tensors.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
@@ -263,17 +257,5 @@ def load_inception(path: str | Path) -> FidInception:
 
 
 def convert(source: str | Path, target: str | Path) -> None:
-    """Convert a published ``.pth`` state dict once; pickle is read with ``weights_only=True``."""
-    state = torch.load(str(source), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise InceptionWeightsError(f"{source} does not hold a state dict")
-    tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
-    target = Path(target)
-    tmp = target.with_name(target.name + ".tmp")
-    save_file(tensors, str(tmp))
-    try:
-        load_inception(tmp)  # refuse to leave a file that would not load
-    except InceptionWeightsError:
-        tmp.unlink()
-        raise
-    tmp.replace(target)
+    """Convert a published ``.pth`` state dict once (see ``local_weights``)."""
+    convert_pickle(source, target, load_inception, InceptionWeightsError)
