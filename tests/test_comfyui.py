@@ -19,8 +19,8 @@ import folder_paths  # noqa: E402
 import ipadapter_plus as ipa  # noqa: E402
 from comfy import model_base, samplers  # noqa: E402
 from comfy.ldm.modules import attention as comfy_attention  # noqa: E402
+from comfy_standin import COND, UNCOND, comfy_model, unet_call  # noqa: E402
 from helpers import DIMENSIONS, literal_eq9_unet, random_adapter, tiny_unet, unet_inputs  # noqa: E402
-from standin import COND, UNCOND, comfy_model, unet_call  # noqa: E402
 from utils.extra_config import load_extra_path_config  # noqa: E402
 
 from vmix_comfy import apply as vmix_apply  # noqa: E402
