@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import sys
@@ -48,10 +49,16 @@ def comfy_root(tmp_path):
     return tmp_path
 
 
-@pytest.fixture(scope="module")
-def sd1():
-    unet = tiny_unet()
+@functools.cache
+def unet_and_adapter(depth: int = 1) -> tuple[nn.Module, VMixAdapter]:
+    """A tiny SD 1.x-shaped UNet and a random adapter for it, built once per depth (tests do not change them)."""
+    unet = tiny_unet(depth=depth)
     return unet, random_adapter(unet)
+
+
+@pytest.fixture
+def sd1():
+    return unet_and_adapter()
 
 
 def save(adapter: VMixAdapter, root, name: str = "film.safetensors") -> str:
@@ -192,8 +199,7 @@ def test_is_changed_follows_the_file(comfy_root, sd1):
 @pytest.mark.parametrize("cond_only", [False, True])
 @pytest.mark.parametrize("roles", [[UNCOND, COND], [COND, UNCOND]])
 def test_patched_model_equals_eq9(comfy_root, depth, tokens, cond_only, roles):
-    unet = tiny_unet(depth=depth)
-    adapter = random_adapter(unet)
+    unet, adapter = unet_and_adapter(depth)
     model = comfy_model(unet)
     patched = apply_node(model, load_node(save(adapter, comfy_root)), 1.3, DIMENSIONS_TEXT, cond_only=cond_only)
     x, t, context = unet_inputs(batch=4, tokens=tokens)
