@@ -8,6 +8,10 @@ ComfyUI's own ModelPatcher, attention function and sampler what the stand-in tes
 two-term reference, bit-identity of an untrained adapter and of strength 0, the percent window, and, with
 ``--ipadapter``, composition with IPAdapter_plus's own ``Attn2Replace`` and ``ipadapter_attention`` in both orders.
 Prints one line per check and exits non-zero on the first failure. Runs on the CPU (a few minutes on 2 cores).
+
+The Python running it needs what ComfyUI imports (its requirements.txt; for this check psutil, torchsde,
+comfy-kitchen, av and aiohttp beside torch, and ``torchvision.transforms`` importable) plus this project's test
+requirements; install them in a virtual environment, never over the system torch.
 """
 
 from __future__ import annotations
