@@ -1,0 +1,1 @@
+"""Stand-in for ComfyUI's ``utils`` package (only ``utils.extra_config``)."""
