@@ -63,7 +63,7 @@ def vmix_on(host, base, adapter, options=None, mixer=None):
     return clone
 
 
-# --- 2. detection ------------------------------------------------------------------------------------------------
+# --- detection --------------------------------------------------------------------------------------------------------
 
 
 def test_detect_picks_the_hosts_backend_and_its_attention(host, monkeypatch):
@@ -86,6 +86,11 @@ def test_detect_picks_the_hosts_backend_and_its_attention(host, monkeypatch):
     out = backend.attention(q, k, v, extra_options)
     assert calls == [(4, sorted(host.attention_kwargs))], "VMix calls the host's function the way the host does"
     assert torch.equal(out, original(q, k, v, 2))
+    if host.attention_name == "attention_function":  # Forge and Neo pick theirs by rebinding it: read at each call
+        rebound = []
+        monkeypatch.setattr(module, host.attention_name, lambda *a, **kw: rebound.append(a) or original(*a, **kw))
+        backend.attention(q, k, v, extra_options)
+        assert len(rebound) == 1 and len(calls) == 1
 
 
 def test_plain_a1111_is_not_taken_for_a_forge_host():
@@ -101,7 +106,7 @@ def test_a_forge_like_host_without_either_attention_is_refused():
     assert "version classic" in backend.reason and "cannot patch its attention" in backend.reason
 
 
-# --- 1. Eq. 9 through each host's patch call and attention -------------------------------------------------------
+# --- Eq. 9 through each host's patch call and attention ---------------------------------------------------------------
 
 
 def rows_like(roles: list[int], chunk: int) -> torch.Tensor:
@@ -173,7 +178,7 @@ def test_zero_scale_and_untrained_adapter_are_bit_identical(host, model):
             assert torch.equal(out, plain), (candidate is untrained, scale)
 
 
-# --- 5. cond-only on reForge, whose extra_options have no cond_mark / cond_indices ------------------------------
+# --- cond-only on reForge, whose extra_options have no cond_mark / cond_indices ---------------------------------------
 
 
 def test_cond_only_on_reforge_reads_cond_or_uncond():
@@ -195,12 +200,11 @@ def test_cond_only_on_reforge_reads_cond_or_uncond():
         rows = torch.tensor([0.0, 0.0, 1.0, 1.0])  # [UNCOND, COND]: the second chunk is the prompt
         expected = literal_eq9_unet(unet, adapter, None, 1.0, rows_to_mix=lambda _: rows)
         both = torch.cat([uncond, context])
+        x, t = torch.cat([x, x]), torch.cat([t, t])
         with torch.no_grad():
-            got = unet_forward(
-                host.site, unet, torch.cat([x, x]), torch.cat([t, t]), both, patched.model_options, [1, 0]
-            )
-            reference = expected(torch.cat([x, x]), torch.cat([t, t]), context=both)
-            plain = unet(torch.cat([x, x]), torch.cat([t, t]), both)
+            got = unet_forward(host.site, unet, x, t, both, patched.model_options, [UNCOND, COND])
+            reference = expected(x, t, context=both)
+            plain = unet(x, t, both)
     [keys] = seen
     assert not keys & {"cond_mark", "cond_indices", "uncond_indices"} and "cond_or_uncond" in keys
     torch.testing.assert_close(got, reference, atol=1e-5, rtol=0)
@@ -208,7 +212,7 @@ def test_cond_only_on_reforge_reads_cond_or_uncond():
     assert (got[2:] - plain[2:]).abs().max() > 1e-3
 
 
-# --- 4. the built-in IP-Adapter and VMix, in any order -----------------------------------------------------------
+# --- the built-in IP-Adapter and VMix, in any order -------------------------------------------------------------------
 
 ORDERS = {
     "ip-ip-vmix": ("ip", "ip", "vmix"),  # IP-Adapter registers first (two units, so two conditions per layer)
@@ -249,11 +253,6 @@ def mixed_then_ip_reference(host, unet, adapter, ip_patcher, scale=1.0):
 
         manual.set_model_attn2_replace(mixed, name, number, index)
     return manual
-
-
-def ip_patch_of(patch):
-    """The IP-Adapter's CrossAttentionPatch under a key: the patch itself, or the one VMix's patch wraps."""
-    return patch.previous if patcher.is_vmix_patch(patch) else patch
 
 
 @pytest.fixture(scope="module")
@@ -299,8 +298,9 @@ def test_ip_adapter_and_vmix_in_any_order(host, model, order, ip_references):
     assert (both - ip_alone).abs().max() > 1e-3, "VMix took effect"
     assert (both - vmix_alone).abs().max() > 1e-3, "the IP-Adapter took effect"
     by_key = current.model_options["transformer_options"]["patches_replace"]["attn2"]
-    for key in keys:
-        assert ip_patch_of(by_key[key]).weights == [0.8, 0.5], f"both IP-Adapter conditions are kept on {key}"
+    for key in keys:  # VMix holds every key, and the IP-Adapter patch it wraps has both conditions
+        assert patcher.is_vmix_patch(by_key[key]), key
+        assert by_key[key].previous.weights == [0.8, 0.5], f"both IP-Adapter conditions are kept on {key}"
     for patch in again.model_options["transformer_options"]["patches_replace"]["attn2"].values():
         assert patcher.is_vmix_patch(patch) and not patcher.is_vmix_patch(patch.previous), "one VMix term"
 
@@ -335,7 +335,7 @@ def test_ip_adapter_after_vmix_with_the_neo_forks_copying_registration(host, wid
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
-# --- 3. the script end to end on each host -----------------------------------------------------------------------
+# --- the script end to end on each host -------------------------------------------------------------------------------
 
 ARGS = [True, "film", 1.25, ["color", "lighting", "focus"], False, 0.0, 1.0]
 
@@ -357,12 +357,11 @@ def txt2img_p(args):
 
 def sample(host, p, x, t, context):
     """One UNet call of the pass with the patcher the host samples with: ``p.sd_model.forge_objects.unet``."""
+    unet_patcher = p.sd_model.forge_objects.unet
     with torch.no_grad():
-        return unet_forward(host.site, host_unet(p), x, t, context, p.sd_model.forge_objects.unet.model_options, [1, 0])
-
-
-def host_unet(p):
-    return p.sd_model.forge_objects.unet.model.diffusion_model
+        return unet_forward(
+            host.site, unet_patcher.model.diffusion_model, x, t, context, unet_patcher.model_options, [UNCOND, COND]
+        )
 
 
 def test_script_patches_each_pass_and_ends_clean(host, host_script):
@@ -439,4 +438,7 @@ def test_script_with_the_ip_adapter_in_the_same_pass(host, host_script, ip_first
         expected = unet_forward(host.site, unet, x, t, context, reference.model_options, [UNCOND, COND])
     torch.testing.assert_close(sample(host, p, x, t, context), expected, atol=1e-5, rtol=0)
     script.post_sample(p, None, *ARGS)
+    left = p.sd_model.forge_objects.unet.model_options["transformer_options"].get("patches_replace", {})
+    assert not any(patcher.is_vmix_patch(patch) for patch in left.get("attn2", {}).values()), "VMix is gone"
+    assert bool(left) == ip_first, "what the pass ends with is the patcher VMix found (the IP-Adapter's, if first)"
     script.postprocess(p, None, *ARGS)
