@@ -189,7 +189,9 @@ def make_sd_model(host: Host, unet: nn.Module, family: str = "sd1") -> Any:
 def sampling_pass(host: Host, p: Any, script: Any, args: list, hires: bool = False) -> None:
     """The callbacks a host makes on ``script`` before one sampling pass: the first pass resets ``forge_objects`` and
     calls ``process_before_every_sampling``; the hires pass follows ``host.hires_order`` (Forge and Neo call
-    ``process_before_every_sampling`` twice there, the first time before the reset)."""
+    ``process_before_every_sampling`` twice there, the first time before the reset). ``p.is_hr_pass`` is what every
+    host's ``sample_hr_pass`` sets for the hires pass (True from its start, False again once it has sampled)."""
+    p.is_hr_pass = hires
     for step in host.hires_order if hires else ("reset", "sample"):
         if step == "reset":
             reset_before_sampling(p.sd_model)

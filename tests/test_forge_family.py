@@ -383,6 +383,7 @@ def test_script_patches_each_pass_and_ends_clean(host, host_script):
         by_key = p.sd_model.forge_objects.unet.model_options["transformer_options"]["patches_replace"]["attn2"]
         assert all(patcher.is_vmix_patch(patch) and patch.previous is None for patch in by_key.values())
         assert "patches_replace" not in base.model_options["transformer_options"], "the host's own patcher is clean"
+    p.is_hr_pass = False  # sample_hr_pass ends; the host calls post_sample after it
     script.post_sample(p, None, *ARGS)
     assert p.sd_model.forge_objects.unet is base, "the patcher VMix found is back once the pass ends"
     torch.testing.assert_close(sample(host, p, x, t, context), plain, atol=1e-5, rtol=0)
