@@ -20,6 +20,7 @@ for folder in (TESTS / "forge", TESTS / "a1111"):
 import standin_forge as sf  # noqa: E402
 from backend.attention import attention_function  # noqa: E402
 from backend.patcher.unet import UnetPatcher  # noqa: E402
+from forge_hosts import HOSTS, host_environment, vmix_script  # noqa: E402
 
 from vmix_ext import patcher  # noqa: E402
 from vmix_ext.hooks import ValueMixer  # noqa: E402
@@ -60,45 +61,8 @@ def forge_attention(q, k, v, extra_options):
     return attention_function(q, k, v, extra_options["n_heads"])
 
 
-def rows_like(roles: list[int], chunk: int) -> torch.Tensor:
-    return torch.tensor([1.0 if role == COND else 0.0 for role in roles for _ in range(chunk)])
-
-
-@pytest.mark.parametrize("roles", [[UNCOND, COND], [COND, UNCOND], [COND]])
-@pytest.mark.parametrize("cond_only", [False, True])
-@pytest.mark.parametrize("tokens", [77, 154])
-def test_patch_on_a_real_ldm_layer_equals_eq9(model, roles, cond_only, tokens):
-    unet, adapter = model
-    layers = cross_attention_layers(unet)
-    chunk = 2
-    generator = torch.Generator().manual_seed(len(roles) + tokens)
-    context = torch.randn(chunk * len(roles), tokens, adapter.context_dim, generator=generator)
-    weight = rows_like(roles, chunk) if cond_only else torch.ones(context.shape[0])
-    reference = cross_attention_layers(literal_eq9_unet(unet, adapter, None, 1.5, rows_to_mix=lambda _: weight))
-    forge_patcher, _ = patched(unet, adapter, MixOptions(scale=1.5, cond_only=cond_only))
-    # Every transformer block of the first layer: with two, the patch key's block_index (0 or 1) must pick each.
-    blocks = sorted(int(p.split(".")[4]) for p in layers if p.startswith("input_blocks.1.1."))
-    for block_index in blocks:
-        path = f"input_blocks.1.1.transformer_blocks.{block_index}.attn2"
-        x = torch.randn(chunk * len(roles), 64, layers[path].to_q.in_features, generator=generator)
-        expected = reference[path](x, context)
-        options = sf.forge_transformer_options(forge_patcher.model_options, roles, torch.ones(chunk))
-        got = sf.forge_cross_attention(layers[path], x, context, options, block=("input", 1), block_index=block_index)
-        # float32 sums over a 2048-wide context round at about 1e-5 of the largest value
-        tolerance = 1e-5 * max(1.0, float(expected.detach().abs().max()))
-        torch.testing.assert_close(got, expected, atol=tolerance, rtol=0, msg=path)
-    assert len(blocks) == (2 if adapter.context_dim == 2048 else 1)
-
-
-@pytest.mark.parametrize("roles", [[UNCOND, COND], [COND, UNCOND]])
-def test_whole_unet_through_forge_patches_equals_eq9(model, roles):
-    unet, adapter = model
-    x, t, context = unet_inputs(batch=2, context_dim=adapter.context_dim)
-    expected = literal_eq9_unet(unet, adapter, None, 0.7)(x, t, context=context)
-    forge_patcher, _ = patched(unet, adapter, MixOptions(scale=0.7))
-    with torch.no_grad():
-        got = sf.forge_unet_forward(unet, x, t, context, forge_patcher.model_options, roles)
-    torch.testing.assert_close(got, expected.detach(), **TOL)
+# Eq. 9 through Forge's patch call (each transformer block of a layer, both row orders, cond-only, 77 and 154 tokens,
+# the whole UNet) is tested for every Forge-family host, Forge included, in tests/test_forge_family.py.
 
 
 @pytest.mark.parametrize("two_part_keys", [True, False])
@@ -179,34 +143,13 @@ def test_forge_linear_to_v_is_accepted(model):
 
 # -- the script on Forge -----------------------------------------------------------------------------------------
 
-ROOT = TESTS.parent
-
 
 @pytest.fixture()
 def forge_script(tmp_path):
-    sys.path.insert(0, str(TESTS / "forge_host"))
-    import standin
-    from modules import scripts, shared
-
-    try:
+    with host_environment(HOSTS["Forge"]), vmix_script(HOSTS["Forge"], tmp_path) as loaded:
         assert importlib.util.find_spec("modules_forge") is not None
-        standin.reset(models_path=str(tmp_path / "models"))
-        folder = tmp_path / "models" / "VMix"
-        folder.mkdir(parents=True)
-        unet = tiny_unet(768)
-        adapter = random_adapter(unet, seed=11)
-        from vmix_ext.weights import save_adapter
-
-        save_adapter(adapter, folder / "film.safetensors")
-        module = standin.load_script(str(ROOT / "scripts" / "vmix.py"), str(ROOT))
-        assert module.BACKEND.name == "Forge"
-        shared.sd_model = sf.make_forge_sd_model(unet, "sd1")
-        standin.build_runners()
-        yield module, scripts.scripts_txt2img.script("VMix"), unet, adapter
-    finally:
-        sys.path.remove(str(TESTS / "forge_host"))
-        sys.modules.pop("modules_forge", None)
-        standin.reset()
+        assert loaded[0].BACKEND.name == "Forge"
+        yield loaded
 
 
 def forge_p(args):

@@ -303,7 +303,7 @@ def test_fake_ipadapter_is_called_and_can_be_chained(unet):
     with torch.no_grad():
         plain = unet(x, t, context)
         with_ip = sf.forge_unet_forward(unet, x, t, context, patcher.model_options, [UNCOND, COND])
-    assert len(log) == 7 and log[0][0] == ("input", 1)
+    assert len(log) == 7 and log[0][0] == 0  # number 0: the first key, ("input", 1)
     assert {"n_heads", "cond_or_uncond", "sigmas", "block", "block_index"} <= set(log[0][1])
     assert not torch.allclose(with_ip, plain, atol=1e-4)
 
@@ -324,8 +324,8 @@ def test_fake_ipadapter_second_registration_uses_set_new_condition(unet):
     once = sf.register_fake_ipadapter(UnetPatcher.from_model(unet), two_part_keys=False)
     twice = sf.register_fake_ipadapter(once, two_part_keys=False, seed=8)
     patch = twice.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)]
-    assert len(patch.conditions) == 2
-    assert len(once.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)].conditions) == 1
+    assert len(patch.weights) == 2
+    assert len(once.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)].weights) == 1
 
 
 # --- p.sd_model -------------------------------------------------------------------------------------------------------

@@ -6,142 +6,71 @@ Forge (lllyasviel/stable-diffusion-webui-forge, ``backend/``) does not use ldm's
 ``BasicTransformerBlock._forward`` looks up an attn2 *replace* patch by key, computes q, k, v with the layer's own
 projections, hands them to the patch together with ``extra_options`` and sends the result through ``to_out``.
 
-This module reproduces that call around the projections of a real ``ldm.modules.attention.CrossAttention``, so a
-whole ldm UNet can be run "as Forge would" for a given ``UnetPatcher.model_options`` and batch of row roles.
-
-Key convention (``backend/nn/unet.py``): the UNet sets ``transformer_options["block"]`` to ``("input", id)`` for
-``input_blocks[id]``, ``("middle", 0)`` for ``middle_block`` and ``("output", id)`` for ``output_blocks[id]``; the
-SpatialTransformer sets ``transformer_options["block_index"]`` to the index of the BasicTransformerBlock inside it.
-The replace key is ``(block[0], block[1], block_index)``, with a fallback to the 2-tuple ``block``. Hence::
-
-    input_blocks.N.1.transformer_blocks.i.attn2   -> ("input", N, i)
-    middle_block.1.transformer_blocks.i.attn2     -> ("middle", 0, i)
-    output_blocks.N.1.transformer_blocks.i.attn2  -> ("output", N, i)
-
-``transformer_index`` is a different number: a running count of SpatialTransformer modules in execution order
-(input blocks, middle, output blocks), reset to 0 at the start of every UNet call.
+That call is the same on every host of the Forge family and is written once, in ``tests/forge_family.py`` (keys,
+row roles, the call site); :data:`FORGE` holds Forge's part of it (its attention function and its
+``extra_options`` keys), and the ``forge_*`` functions here are that call site for Forge. What is Forge's alone
+(the sampler's batching, ``ForgeOperations.Linear``, the engines behind ``p.sd_model``) stays here.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
-import re
-from collections.abc import Iterator
 
 import torch
-from backend import attention
 from backend.diffusion_engine.base import ForgeDiffusionEngine, ForgeObjects
 from backend.operations import ForgeOperations
 from backend.patcher.unet import UnetPatcher
+from forge_family import (
+    COND,
+    UNCOND,
+    compute_cond_indices,
+    compute_cond_mark,
+    cross_attention,
+    forge_key,
+    forge_layers,
+    host_attention,
+    ip_adapter_keys,
+    ldm_path,
+    random_image_tokens,
+    random_ip_adapter,
+    reset_before_sampling,
+    spatial_transformer_order,
+    transformer_options,
+    unet_forward,
+)
+from forge_hosts import HOSTS
 from torch import nn
 
 FORGE_COMMIT = "dfdcbab685e57677014f05a3309b48cc87383167"  # 2025-06-26, the Forge source these stand-ins were read from
-COND, UNCOND = 0, 1  # values in cond_or_uncond (backend/sampling/sampling_function.py: calc_cond_uncond_batch)
 
-_ATTN2_PATH = re.compile(
-    r"^(input_blocks|middle_block|output_blocks)\.(?:(\d+)\.)?\d+\.transformer_blocks\.(\d+)\.attn2$"
-)
-_BLOCK_NAMES = {"input_blocks": "input", "middle_block": "middle", "output_blocks": "output"}
+__all__ = [
+    "COND",
+    "UNCOND",
+    "compute_cond_indices",
+    "compute_cond_mark",
+    "forge_key",
+    "forge_layers",
+    "ldm_path",
+    "reset_before_sampling",
+    "spatial_transformer_order",
+]
 
-
-# --- keys --------------------------------------------------------------------------------------------------------
-
-
-def forge_key(path: str) -> tuple[str, int, int]:
-    """The Forge attn2 replace key ``(block_name, number, block_index)`` of an ldm ``...attn2`` module path.
-
-    Derived from ``backend/nn/unet.py``: ``IntegratedUNet2DConditionModel.forward`` (block name and number) and
-    ``SpatialTransformer.forward`` (block_index = position in ``transformer_blocks``).
-    """
-    match = _ATTN2_PATH.match(path)
-    if match is None:
-        raise ValueError(f"not an ldm UNet cross-attention path: {path!r}")
-    part, number, index = match.groups()
-    return _BLOCK_NAMES[part], 0 if part == "middle_block" else int(number), int(index)
+# Forge's attn2 call: backend/nn/unet.py (BasicTransformerBlock._forward; CrossAttention.forward calls
+# backend.attention.attention_function, rebound at start-up, so it is read at call time), with the extra options of
+# backend/sampling/sampling_function.py: calc_cond_uncond_batch (cond_mark, cond_indices, uncond_indices).
+FORGE = HOSTS["Forge"].site
 
 
-def ldm_path(key: tuple) -> str:
-    """Inverse of :func:`forge_key` for 3-tuple keys (the SpatialTransformer sits at position 1 of its block)."""
-    name, number, index = key
-    if name == "middle":
-        return f"middle_block.1.transformer_blocks.{index}.attn2"
-    return f"{name}_blocks.{number}.1.transformer_blocks.{index}.attn2"
-
-
-def spatial_transformer_order(unet: nn.Module) -> dict[str, int]:
-    """ldm path of each SpatialTransformer → the ``transformer_index`` Forge's UNet shows while it runs.
-
-    Mirrors the counter of ``backend/nn/unet.py``: set to 0 in ``IntegratedUNet2DConditionModel.forward`` and
-    incremented by ``TimestepEmbedSequential.forward`` after every SpatialTransformer, in execution order.
-    """
-    order: dict[str, int] = {}
-    blocks = [(f"input_blocks.{i}", b) for i, b in enumerate(unet.input_blocks)]
-    blocks.append(("middle_block", unet.middle_block))
-    blocks += [(f"output_blocks.{i}", b) for i, b in enumerate(unet.output_blocks)]
-    for prefix, block in blocks:
-        for j, layer in enumerate(block):
-            if hasattr(layer, "transformer_blocks"):
-                order[f"{prefix}.{j}"] = len(order)
-    return order
-
-
-def forge_layers(unet: nn.Module) -> dict[str, dict]:
-    """Every attn2 of an ldm UNet with what Forge knows about it while it runs.
-
-    Returns ``{ldm path: {"layer", "key", "block", "block_index", "transformer_index", "n_heads", "dim_head"}}``.
-    """
-    order = spatial_transformer_order(unet)
-    layers = {}
-    for path, module in unet.named_modules():
-        if not path.endswith(".attn2"):
-            continue
-        key = forge_key(path)
-        transformer_path = path.split(".transformer_blocks.")[0]
-        layers[path] = {
-            "layer": module,
-            "key": key,
-            "block": key[:2],
-            "block_index": key[2],
-            "transformer_index": order[transformer_path],
-            "n_heads": module.heads,
-            "dim_head": module.to_q.out_features // module.heads,
-        }
-    return layers
-
-
-# --- sampling_function: row roles --------------------------------------------------------------------------------
-
-
-def compute_cond_mark(cond_or_uncond, sigmas):
-    """Mirrors ``backend/sampling/sampling_function.py: compute_cond_mark``: one 0/1 per row (1 = uncond)."""
-    rows = int(sigmas.shape[0])
-    marks = [float(role) for role in cond_or_uncond for _ in range(rows)]
-    return torch.tensor(marks).to(sigmas)
-
-
-def compute_cond_indices(cond_or_uncond, sigmas):
-    """Mirrors ``sampling_function.py: compute_cond_indices``: row indices of cond chunks and of uncond chunks."""
-    rows = int(sigmas.shape[0])
-    cond_indices, uncond_indices = [], []
-    for chunk, role in enumerate(cond_or_uncond):
-        (cond_indices if role == COND else uncond_indices).extend(range(chunk * rows, (chunk + 1) * rows))
-    return cond_indices, uncond_indices
-
-
-def forge_transformer_options(model_options: dict, cond_or_uncond: list[int], sigmas: torch.Tensor) -> dict:
-    """The per-call ``transformer_options`` that ``calc_cond_uncond_batch`` hands to the UNet.
-
-    Mirrors ``sampling_function.py: calc_cond_uncond_batch``: a shallow copy of ``model_options["transformer_options"]``
-    plus ``cond_or_uncond`` (one role per chunk), ``sigmas`` (the sampler's sigma, one per latent, NOT repeated per
-    chunk), ``cond_mark`` and ``cond_indices`` / ``uncond_indices`` (per row).
-    """
-    options = dict(model_options.get("transformer_options", {}))
-    options["cond_or_uncond"] = list(cond_or_uncond)
-    options["sigmas"] = sigmas
-    options["cond_mark"] = compute_cond_mark(cond_or_uncond, sigmas)
-    options["cond_indices"], options["uncond_indices"] = compute_cond_indices(cond_or_uncond, sigmas)
-    return options
+# The shared call site with Forge's data: forge_transformer_options(model_options, cond_or_uncond, sigmas) is
+# calc_cond_uncond_batch's per-call transformer_options; forge_cross_attention(layer, x, context, transformer_options,
+# block, block_index, transformer_index) one attn2 call of BasicTransformerBlock._forward; forge_attention(unet,
+# transformer_options) a context in which every attn2 of an ldm UNet makes that call; forge_unet_forward(unet, x,
+# timesteps, context, model_options, cond_or_uncond, sigmas=None) one call of IntegratedUNet2DConditionModel.forward.
+forge_transformer_options = functools.partial(transformer_options, FORGE)
+forge_cross_attention = functools.partial(cross_attention, FORGE)
+forge_attention = functools.partial(host_attention, FORGE)
+forge_unet_forward = functools.partial(unet_forward, FORGE)
 
 
 def _lcm_concat(contexts: list[torch.Tensor]) -> torch.Tensor:
@@ -192,127 +121,6 @@ def forge_cfg_batches(
         picked = [to_run.pop(i) for i in chosen]
         calls.append((_lcm_concat([c for c, _ in picked]), [role for _, role in picked]))
     return calls
-
-
-# --- BasicTransformerBlock: the attn2 call ------------------------------------------------------------------------
-
-
-def forge_cross_attention(
-    layer: nn.Module,
-    x: torch.Tensor,
-    context: torch.Tensor,
-    transformer_options: dict,
-    block: tuple[str, int] = ("input", 1),
-    block_index: int = 0,
-    transformer_index: int | None = None,
-) -> torch.Tensor:
-    """One attn2 call as Forge makes it; returns the layer's output after ``to_out`` (before the residual add).
-
-    Mirrors ``backend/nn/unet.py: BasicTransformerBlock._forward`` (attn2 part) with ``CrossAttention.forward``:
-
-    1. ``block`` / ``block_index`` (and ``transformer_index`` when given) are written into ``transformer_options``,
-       as the UNet and SpatialTransformer do; ``extra_options`` is a shallow copy of every key except ``patches``
-       and ``patches_replace``, plus ``n_heads`` and ``dim_head``.
-    2. ``patches["attn2_patch"]`` functions run first: ``n, context, value = p(n, context, value, extra_options)``.
-    3. The replace patch is looked up under ``(block[0], block[1], block_index)``, then under ``block``. If found:
-       ``q = to_q(n)``, ``k = to_k(context)``, ``v = to_v(value or context)``, ``out = patch(q, k, v, extra_options)``.
-       Otherwise ``out = attention_function(q, k, v, heads)``.
-    4. ``to_out(out)``, then ``patches["attn2_output_patch"]``: ``n = p(n, extra_options)``.
-
-    ``layer`` is anything with ``to_q``, ``to_k``, ``to_v``, ``to_out`` and ``heads`` (e.g. ldm's CrossAttention).
-    """
-    transformer_options["block"] = block
-    transformer_options["block_index"] = block_index
-    if transformer_index is not None:
-        transformer_options["transformer_index"] = transformer_index
-    patches = transformer_options.get("patches", {})
-    replace = transformer_options.get("patches_replace", {})
-    extra_options = {k: v for k, v in transformer_options.items() if k not in ("patches", "patches_replace")}
-    extra_options["n_heads"] = layer.heads
-    extra_options["dim_head"] = layer.to_q.out_features // layer.heads
-
-    n, value = x, None
-    if "attn2_patch" in patches:
-        value = context
-        for p in patches["attn2_patch"]:
-            n, context, value = p(n, context, value, extra_options)
-
-    attn2_replace = replace.get("attn2", {})
-    key = (block[0], block[1], block_index)
-    if key not in attn2_replace:
-        key = block
-    q = layer.to_q(n)
-    k = layer.to_k(context)
-    v = layer.to_v(context if value is None else value)
-    if key in attn2_replace:
-        out = attn2_replace[key](q, k, v, extra_options)
-    else:
-        out = attention.attention_function(q, k, v, layer.heads, None)
-    n = layer.to_out(out)
-
-    for p in patches.get("attn2_output_patch", []):
-        n = p(n, extra_options)
-    return n
-
-
-@contextlib.contextmanager
-def forge_attention(unet: nn.Module, transformer_options: dict) -> Iterator[dict[str, dict]]:
-    """Within the block, every attn2 of ``unet`` runs :func:`forge_cross_attention` with ``transformer_options``.
-
-    Each layer's ``forward`` is replaced on the instance (and restored on exit); the keys, ``block_index`` and
-    ``transformer_index`` come from :func:`forge_layers`. Yields that table.
-    """
-    layers = forge_layers(unet)
-    for info in layers.values():
-        layer = info["layer"]
-
-        def forward(x, context=None, mask=None, _layer=layer, _info=info):
-            del mask
-            return forge_cross_attention(
-                _layer,
-                x,
-                x if context is None else context,
-                transformer_options,
-                block=_info["block"],
-                block_index=_info["block_index"],
-                transformer_index=_info["transformer_index"],
-            )
-
-        layer.forward = forward
-    try:
-        yield layers
-    finally:
-        for info in layers.values():
-            info["layer"].__dict__.pop("forward", None)
-
-
-def forge_unet_forward(
-    unet: nn.Module,
-    x: torch.Tensor,
-    timesteps: torch.Tensor,
-    context: torch.Tensor | list[torch.Tensor],
-    model_options: dict,
-    cond_or_uncond: list[int],
-    sigmas: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Run an ldm UNet for one Forge UNet call: ``x`` holds ``len(cond_or_uncond)`` chunks of equal size.
-
-    ``model_options`` is a ``UnetPatcher.model_options``; ``cond_or_uncond`` gives each chunk's role in row order
-    (``[1, 0]`` = uncond rows then cond rows, Forge's usual joint call). ``sigmas`` is one sigma per latent (the
-    chunk size); it defaults to ones. ``transformer_options`` is built by :func:`forge_transformer_options`, and
-    ``original_shape`` / ``transformer_index`` are set as ``IntegratedUNet2DConditionModel.forward`` does.
-    A list ``context`` is passed through (ldm wants one context per transformer block when depth > 1).
-    """
-    chunks = len(cond_or_uncond)
-    if x.shape[0] % chunks:
-        raise ValueError(f"batch {x.shape[0]} is not a multiple of {chunks} chunks")
-    if sigmas is None:
-        sigmas = torch.ones(x.shape[0] // chunks, dtype=x.dtype)
-    transformer_options = forge_transformer_options(model_options, cond_or_uncond, sigmas)
-    transformer_options["original_shape"] = list(x.shape)
-    transformer_options["transformer_index"] = 0
-    with forge_attention(unet, transformer_options):
-        return unet(x, timesteps, context)
 
 
 def forge_calc_cond_uncond_batch(
@@ -439,14 +247,7 @@ def make_forge_sd_model(unet: nn.Module, family: str = "sd1") -> ForgeDiffusionE
     return engine
 
 
-def reset_before_sampling(sd_model: ForgeDiffusionEngine) -> None:
-    """Mirrors ``modules/processing.py`` before every ``process_before_every_sampling`` call (txt2img, img2img and
-    the hires pass): ``sd_model.forge_objects = sd_model.forge_objects_after_applying_lora.shallow_copy()``, which
-    drops whatever UnetPatcher a script assigned during the previous pass."""
-    sd_model.forge_objects = sd_model.forge_objects_after_applying_lora.shallow_copy()
-
-
-# --- a pre-existing attn2 replace patch, shaped like Forge's IP-Adapter ----------------------------------------------
+# --- Forge's built-in IP-Adapter (the shared stand-in tests/lib_ipadapter), registered first ------------------------
 
 
 class CallLog(list):
@@ -454,46 +255,6 @@ class CallLog(list):
 
     def __deepcopy__(self, memo):
         return self
-
-
-class FakeIPAdapterPatch:
-    """Shaped like ``extensions-builtin/sd_forge_ipadapter/lib_ipadapter/IPAdapterPlus.py: CrossAttentionPatch``.
-
-    A callable object ``patch(q, k, v, extra_options) -> out`` (no ``to_out``): ``out`` is the host attention of
-    q, k, v plus ``weight`` × attention of q over extra image tokens whose keys/values come from its own
-    projections, one set for cond rows and one for uncond rows, laid out by ``extra_options["cond_or_uncond"]``.
-    It is inactive when ``extra_options["sigmas"][0]`` is outside ``[sigma_end, sigma_start]``. A second
-    registration on the same key is stored with :meth:`set_new_condition`, as in Forge. ``log`` records
-    ``(key, sorted extra_options keys)`` for each call.
-    """
-
-    def __init__(
-        self, key, to_k_ip, to_v_ip, cond, uncond, weight=1.0, sigma_start=999999999.9, sigma_end=0.0, log=None
-    ):
-        self.key = key
-        self.to_k_ip, self.to_v_ip = to_k_ip, to_v_ip
-        self.conditions = [(cond, uncond, weight, sigma_start, sigma_end)]
-        self.log = CallLog() if log is None else log
-
-    def set_new_condition(self, cond, uncond, weight=1.0, sigma_start=999999999.9, sigma_end=0.0):
-        """Like ``CrossAttentionPatch.set_new_condition``: one more image condition on the same layer."""
-        self.conditions.append((cond, uncond, weight, sigma_start, sigma_end))
-
-    def __call__(self, q, k, v, extra_options):
-        self.log.append((self.key, sorted(extra_options)))
-        heads = extra_options["n_heads"]
-        roles = extra_options["cond_or_uncond"]
-        sigma = extra_options["sigmas"][0].item() if "sigmas" in extra_options else 999999999.9
-        rows_per_chunk = q.shape[0] // len(roles)
-        out = attention.attention_function(q, k, v, heads)
-        for cond, uncond, weight, sigma_start, sigma_end in self.conditions:
-            if sigma > sigma_start or sigma < sigma_end:
-                continue
-            tokens = {COND: cond, UNCOND: uncond}
-            ip_k = torch.cat([self.to_k_ip(tokens[r]).expand(rows_per_chunk, -1, -1) for r in roles])
-            ip_v = torch.cat([self.to_v_ip(tokens[r]).expand(rows_per_chunk, -1, -1) for r in roles])
-            out = out + weight * attention.attention_function(q, ip_k.to(q.dtype), ip_v.to(q.dtype), heads)
-        return out.to(q.dtype)
 
 
 def register_fake_ipadapter(
@@ -504,33 +265,25 @@ def register_fake_ipadapter(
     seed: int = 7,
     log: CallLog | None = None,
 ) -> UnetPatcher:
-    """Register a :class:`FakeIPAdapterPatch` on every attn2 the way ``IPAdapterApply.apply_ipadapter`` does, and
-    return the new patcher.
-
-    Like Forge: ``work_model = unet_patcher.clone()``, then for each key write straight into
-    ``work_model.model_options["transformer_options"]["patches_replace"]["attn2"][key]`` (in place, not through
-    ``set_model_attn2_replace``), or call ``set_new_condition`` on a patch already there. SD1.x/SD2.x use the
-    2-part keys ``("input", id)``, ``("middle", 0)``, ``("output", id)`` (``two_part_keys=True``); SDXL uses
-    3-part keys ``(name, id, index)``.
+    """Apply the built-in IP-Adapter's stand-in (``lib_ipadapter.IPAdapterPlus.IPAdapterApply``) to every attn2 of the
+    patcher's UNet with random projections and image tokens, and return its new patcher (a clone: Forge's
+    ``apply_ipadapter`` writes into ``work_model = model.clone()`` in place, or calls ``set_new_condition`` on a patch
+    already under a key). SD 1.x/2.x use the 2-part keys ``("input", id)``, ``("middle", 0)``, ``("output", id)``
+    (``two_part_keys=True``); SDXL uses 3-part keys. Each new patch appends ``(number, sorted extra_options keys)``
+    to ``log`` per call.
     """
+    from lib_ipadapter.IPAdapterPlus import IPAdapterApply
+
     unet = unet_patcher.model.diffusion_model
-    generator = torch.Generator().manual_seed(seed)
-    work_model = unet_patcher.clone()
-    options = work_model.model_options["transformer_options"]
-    by_key = options.setdefault("patches_replace", {}).setdefault("attn2", {})
+    keys = ip_adapter_keys(unet, three_part=not two_part_keys)
+    width = next(iter(forge_layers(unet).values()))["layer"].to_k.in_features
+    state = random_ip_adapter(unet, keys, seed)
+    before = unet_patcher.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+    (work_model,) = IPAdapterApply().apply_ipadapter(
+        state, unet_patcher, weight, embeds=random_image_tokens(width, tokens, seed + 1), keys=keys
+    )
     shared_log = CallLog() if log is None else log
-    for info in forge_layers(unet).values():
-        layer = info["layer"]
-        width, inner = layer.to_k.in_features, layer.to_k.out_features
-        key = info["block"] if two_part_keys else info["key"]
-        cond = torch.randn(tokens, width, generator=generator)
-        uncond = torch.zeros(tokens, width)
-        if key in by_key:
-            by_key[key].set_new_condition(cond, uncond, weight)
-            continue
-        to_k_ip, to_v_ip = nn.Linear(width, inner, bias=False), nn.Linear(width, inner, bias=False)
-        with torch.no_grad():
-            to_k_ip.weight.copy_(torch.randn(inner, width, generator=generator) * 0.1)
-            to_v_ip.weight.copy_(torch.randn(inner, width, generator=generator) * 0.1)
-        by_key[key] = FakeIPAdapterPatch(key, to_k_ip, to_v_ip, cond, uncond, weight, log=shared_log)
+    for key, patch in work_model.model_options["transformer_options"]["patches_replace"]["attn2"].items():
+        if key not in before:
+            patch.calls = shared_log
     return work_model

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import forge_family
 
-class ForgeObjects:
+
+class ForgeObjects(forge_family.ForgeObjects):
     """Mirrors ``backend/diffusion_engine/base.py: ForgeObjects`` (unet, clip, vae, clipvision; shallow_copy)."""
 
-    def __init__(self, unet, clip, vae, clipvision):
-        self.unet = unet
-        self.clip = clip
-        self.vae = vae
-        self.clipvision = clipvision
 
-    def shallow_copy(self):
-        """Mirrors ``ForgeObjects.shallow_copy``: a new holder pointing at the same patchers."""
-        return ForgeObjects(self.unet, self.clip, self.vae, self.clipvision)
-
-
-class ForgeDiffusionEngine:
+class ForgeDiffusionEngine(forge_family.DiffusionEngine):
     """Mirrors ``backend/diffusion_engine/base.py: ForgeDiffusionEngine`` (what ``p.sd_model`` is in Forge).
 
     The web-UI legacy flags all start False; ``sd15.py`` sets ``is_sd1``, ``sd20.py`` ``is_sd2``, ``sdxl.py``
@@ -29,13 +21,7 @@ class ForgeDiffusionEngine:
     matched_guesses: ClassVar[list] = []
 
     def __init__(self, estimated_config=None, huggingface_components=None):
-        del huggingface_components
-        self.model_config = estimated_config
-        self.is_inpaint = False
-        self.forge_objects = None
-        self.forge_objects_original = None
-        self.forge_objects_after_applying_lora = None
-        self.current_lora_hash = str([])
+        super().__init__(estimated_config, huggingface_components)
         self.fix_for_webui_backward_compatibility()
 
     def is_webui_legacy_model(self):

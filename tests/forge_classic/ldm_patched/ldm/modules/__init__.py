@@ -1,0 +1,1 @@
+"""Stand-in for ``ldm_patched/ldm/modules`` of Forge Classic."""

@@ -1,0 +1,2 @@
+"""Stand-in for Forge Classic's top-level ``modules_forge`` package, whose presence tells VMix it runs on the Forge
+family: tests only."""

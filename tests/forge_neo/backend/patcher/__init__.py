@@ -1,0 +1,1 @@
+"""Stand-in for Forge Neo's ``backend/patcher`` package."""

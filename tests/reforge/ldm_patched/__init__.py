@@ -1,0 +1,1 @@
+"""Stand-in for the ``ldm_patched`` package of reForge (Panchovix/stable-diffusion-webui-reForge): tests only."""

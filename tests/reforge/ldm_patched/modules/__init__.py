@@ -1,0 +1,1 @@
+"""Stand-in for ``ldm_patched/modules`` of reForge."""
