@@ -473,3 +473,32 @@ def test_the_hosts_attention_function_precision_and_override_are_used(comfy_root
     monkeypatch.setattr(comfy_attention, "optimized_attention", original)
     unet_call(patched, x, t, context, [UNCOND, COND])
     assert len(overridden) == 14  # every attn1 and every VMix-patched attn2
+
+
+def test_comfyui_moves_and_loads_what_vmix_wraps():
+    """ComfyUI's model_patches_to / model_patches_models ask only the patch under each key: VMix passes both on to
+    the IP-Adapter patch it wraps, and returns itself so the table keeps VMix on top."""
+    from vmix_ext.hooks import ValueMixer
+    from vmix_ext.patcher import TwoPartKeyAlias, VMixAttentionPatch
+
+    class Wrapped:
+        def __init__(self):
+            self.moved_to = []
+
+        def __call__(self, q, k, v, extra_options):
+            return v
+
+        def to(self, device):
+            self.moved_to.append(device)
+            return self
+
+        def models(self):
+            return ["ip-adapter model"]
+
+    wrapped = Wrapped()
+    patch = VMixAttentionPatch(ValueMixer({}), "input_blocks.1.1.transformer_blocks.0.attn2", None, wrapped)
+    alias = TwoPartKeyAlias(patch)
+    assert patch.to("cuda:1") is patch and alias.to(torch.float16) is alias
+    assert wrapped.moved_to == ["cuda:1", torch.float16]
+    assert patch.models() == ["ip-adapter model"] and alias.models() == []
+    assert VMixAttentionPatch(ValueMixer({}), "x", None).models() == []

@@ -305,21 +305,13 @@ def test_ip_adapter_and_vmix_in_any_order(host, model, order, ip_references):
         assert patcher.is_vmix_patch(patch) and not patcher.is_vmix_patch(patch.previous), "one VMix term"
 
 
-COPYING_FORK_LOSES_SD1 = (
-    "vmix_ext/patcher.py install() puts one VMix patch object under both the 3-part key (which the UNet looks up "
-    "first) and the 2-part key of a layer alone in its block; the fork's registration replaces only the 2-part entry "
-    "with a copy that holds the IP-Adapter, so the UNet keeps calling the original without it"
-)
-
-
 @pytest.mark.parametrize("host", ["Forge Neo"], indirect=True)
-@pytest.mark.parametrize(
-    "width, depth",
-    [pytest.param(768, 1, id="sd1", marks=pytest.mark.xfail(strict=True, reason=COPYING_FORK_LOSES_SD1)), (2048, 2)],
-)
+@pytest.mark.parametrize("width, depth", [(768, 1), (2048, 2)], ids=["sd1", "sdxl-depth2"])
 def test_ip_adapter_after_vmix_with_the_neo_forks_copying_registration(host, width, depth, monkeypatch):
     """The Forge Neo fork AiWithYou/aikimi-forge-neo (f728aa34) registers a later condition on a shallow copy of the
-    patch under its key and stores the copy there (upstream Neo's own file was not seen)."""
+    patch under its key and stores the copy there (upstream Neo's own file was not seen). On SD 1.x that key is the
+    2-part one, where VMix keeps an alias of the 3-part key's patch, so the copy still adds to the patch the UNet
+    calls."""
     from lib_ipadapter import IPAdapterPlus
 
     monkeypatch.setattr(IPAdapterPlus, "set_model_patch_replace", IPAdapterPlus.set_model_patch_replace_copying)

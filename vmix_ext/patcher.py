@@ -11,7 +11,7 @@ hosts look that up first and the 2-part ``(block, number)`` second. IP-Adapters 
 3-part keys on SDXL, and when they find a patch under their key they do not replace it but add themselves to it:
 ComfyUI_IPAdapter_plus calls ``patch.add(callback, **kwargs)``, Forge's built-in IP-Adapter
 ``patch.set_new_condition(**kwargs)``. So a VMix patch is registered under both keys of a layer that is alone in
-its block, and it speaks both protocols, whichever registers first.
+its block (as an alias of the same patch), and it speaks both protocols, whichever registers first.
 
 The host-specific part is only the attention call (``AttentionCall``), which the host glue supplies.
 """
@@ -152,12 +152,75 @@ class VMixAttentionPatch:
             )
         self.previous = host_ip_adapter_patch_class()(**kwargs)
 
+    # -- what ComfyUI asks of the patches in model_options (model_patches_to, model_patches_models) -------------------
+
+    def to(self, device_or_dtype: Any) -> VMixAttentionPatch:
+        """Hand the move on to the patch VMix wraps (an IP-Adapter keeps per-device copies); V_a follows the layer's
+        own device and dtype at the first call anyway."""
+        move = getattr(self.previous, "to", None)
+        if callable(move):
+            moved = move(device_or_dtype)
+            if moved is not None:
+                self.previous = moved
+        return self
+
+    def models(self) -> list[Any]:
+        """The models the wrapped patch needs loaded (ComfyUI's model management asks every patch)."""
+        models = getattr(self.previous, "models", None)
+        return list(models()) if callable(models) else []
+
     def __deepcopy__(self, memo: dict[int, Any]) -> VMixAttentionPatch:
         twin = copy.copy(self)
         memo[id(self)] = twin
         twin.previous = copy.deepcopy(self.previous, memo)
         twin.callbacks = copy.deepcopy(self.callbacks, memo)
         return twin
+
+
+class TwoPartKeyAlias:
+    """What VMix puts under the 2-part key of a layer alone in its block: the layer's patch, by reference.
+
+    An IP-Adapter that registers later with 2-part keys finds it and adds itself to it; some (a Forge Neo fork)
+    shallow-copy the patch they find first and store the copy. A copy of this alias still points at the patch the
+    UNet calls under the 3-part key, so the IP-Adapter is not lost."""
+
+    def __init__(self, patch: VMixAttentionPatch) -> None:
+        self.patch = patch
+        setattr(self, PATCH_MARKER, True)
+
+    def __call__(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict[str, Any]
+    ) -> torch.Tensor:
+        return self.patch(q, k, v, extra_options)
+
+    def add(self, callback: Callable[..., torch.Tensor], **kwargs: Any) -> None:
+        self.patch.add(callback, **kwargs)
+
+    def set_new_condition(self, **kwargs: Any) -> None:
+        self.patch.set_new_condition(**kwargs)
+
+    def to(self, device_or_dtype: Any) -> TwoPartKeyAlias:
+        self.patch.to(device_or_dtype)
+        return self
+
+    def models(self) -> list[Any]:
+        return []  # the patch under the 3-part key reports them once
+
+    @property
+    def mixer(self) -> ValueMixer:
+        return self.patch.mixer
+
+    @property
+    def path(self) -> str:
+        return self.patch.path
+
+    @property
+    def previous(self) -> ReplacePatch | None:
+        return self.patch.previous
+
+    @property
+    def callbacks(self) -> list[tuple[Callable[..., torch.Tensor], dict[str, Any]]]:
+        return self.patch.callbacks
 
 
 def is_vmix_patch(patch: object) -> bool:
@@ -189,7 +252,8 @@ def install(
     A patch already on a layer is wrapped, whether it sits under the 3-part or the 2-part key. A VMix patch already
     there (a second pass without a reset, a second Apply VMix node) is replaced, keeping what it wrapped and what
     IP-Adapters added to it, so the term is never added twice. A layer alone in its block gets the same patch object
-    under its 2-part key too, so an IP-Adapter that registers later with 2-part keys finds it and adds itself.
+    under its 2-part key too (a ``TwoPartKeyAlias``), so an IP-Adapter that registers later with 2-part keys finds it
+    and adds itself.
     """
     transformer_options = model_options.setdefault("transformer_options", {})
     # Copy the two dicts we write into: hosts' clones may share them with the patcher they were cloned from.
@@ -212,6 +276,6 @@ def install(
         patch = VMixAttentionPatch(mixer, path, attention, previous, callbacks, window)
         attn2[(name, number, index)] = patch
         if alone:
-            attn2[(name, number)] = patch
+            attn2[(name, number)] = TwoPartKeyAlias(patch)
     replace["attn2"] = attn2
     transformer_options["patches_replace"] = replace
