@@ -53,7 +53,7 @@ def test_single_dict_form():
         ({"enabled": "maybe"}, "'enabled' must be true or false"),
         ({"start": 0.8, "end": 0.2}, "'start' (0.8) must be smaller than 'end' (0.2)"),
         ({"dimensions": [1]}, "must contain names"),
-        ({"dimensions": ["color:2"]}, "strength of dimension 'color'"),
+        ({"dimensions": ["color:2"]}, "the strength of VMix dimension 'color' must be a number from 0.0 to 1.0"),
         ({"adapter": 5}, "'adapter' must be an adapter name"),
         ({"lambda": 1}, "unknown VMix key(s) ['lambda']; known keys: enabled, adapter, scale"),
     ],

@@ -226,7 +226,8 @@ def split_dimension(item: str) -> tuple[str, float]:
         raise SettingsError(f"VMix dimension {item!r} has no name")
     if not sep:
         return name, 1.0
-    return name, _as_float(f"strength of dimension '{name}'", strength.strip(), 0.0, 1.0)
+    what = f"the strength of VMix dimension '{name}'"
+    return name, _as_float(name, strength.strip(), 0.0, 1.0, what=what)
 
 
 def _as_bool(name: str, value: Any) -> bool:
@@ -239,13 +240,15 @@ def _as_bool(name: str, value: Any) -> bool:
     raise SettingsError(f"VMix '{name}' must be true or false, got {value!r}")
 
 
-def _as_float(name: str, value: Any, low: float, high: float) -> float:
+def _as_float(name: str, value: Any, low: float, high: float, what: str | None = None) -> float:
+    """``what`` names the value in the message when it is not a plain parameter ("VMix 'scale'")."""
+    what = what or f"VMix '{name}'"
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise SettingsError(f"VMix '{name}' must be a number from {low} to {high}, got {value!r}") from None
+        raise SettingsError(f"{what} must be a number from {low} to {high}, got {value!r}") from None
     if isinstance(value, bool) or not math.isfinite(number) or not low <= number <= high:
-        raise SettingsError(f"VMix '{name}' must be a number from {low} to {high}, got {value!r}")
+        raise SettingsError(f"{what} must be a number from {low} to {high}, got {value!r}")
     return number
 
 
