@@ -427,7 +427,9 @@ def test_dimension_text_is_checked_against_the_adapter(comfy_root, sd1):
     model = comfy_model(sd1[0])
     with pytest.raises(SettingsError, match=r"dimension\(s\) colour not in this adapter; it has: color, lighting"):
         apply_node(model, loaded, 1.0, "colour, lighting")
-    with pytest.raises(SettingsError, match=r"dimension 'color'' must be a number from 0.0 to 1.0, got '1.5'"):
+    with pytest.raises(
+        SettingsError, match=r"the strength of VMix dimension 'color' must be a number from 0\.0 to 1\.0, got '1\.5'"
+    ):
         apply_node(model, loaded, 1.0, "color:1.5")
     with pytest.raises(ValueError, match=r"strength must be from 0 to 2, got 2\.5"):
         apply_node(model, loaded, 2.5)
