@@ -17,7 +17,7 @@ CONTEXT_TOKENS = 77
 
 # Limits that keep every name and text short enough for a status line, an infotext entry and one CLIP prompt.
 DIMENSION_NAME_MAX = 64
-DIMENSION_TEXT_MAX = 1000
+DIMENSION_TEXT_MAX = 500
 # Words the infotext and X/Y/Z values use for "every dimension" and "no dimension" (compared case-insensitively).
 RESERVED_DIMENSION_NAMES = ("all", "none")
 # Separators of the infotext ("name:0.5, other"), of X/Y/Z cells ("a+b", CSV quotes) and of key=value lists.

@@ -96,7 +96,7 @@ class AdapterLibrary:
     def __init__(self, folder: str | os.PathLike[str], keep_loaded: int = 2) -> None:
         self.folder = Path(folder)
         self.keep_loaded = keep_loaded
-        self._adapters: OrderedDict[tuple[str, int, int], tuple[AdapterHeader, VMixAdapter]] = OrderedDict()
+        self._adapters: OrderedDict[tuple[str, int, int, int, int], tuple[AdapterHeader, VMixAdapter]] = OrderedDict()
         self._values: OrderedDict[tuple[object, ...], dict[str, torch.Tensor]] = OrderedDict()
 
     # -- listing ------------------------------------------------------------------------------------------------
@@ -309,10 +309,11 @@ def _reason(exc: BaseException) -> str:
     return shorten(str(exc), 200)
 
 
-def _file_key(path: Path) -> tuple[str, int, int]:
+def _file_key(path: Path) -> tuple[str, int, int, int, int]:
     try:
         info = path.stat()
-        return (str(path.resolve()), info.st_size, info.st_mtime_ns)
+        # The inode and ctime too: a file replaced within the file system's timestamp tick keeps size and mtime.
+        return (str(path.resolve()), info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns)
     except (OSError, RuntimeError) as exc:  # vanished, unreadable, or a link loop (resolve's RuntimeError)
         if isinstance(exc, FileNotFoundError) and path.is_symlink():
             raise AdapterFileError(path, "is a link to a file that does not exist") from None

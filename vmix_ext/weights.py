@@ -89,8 +89,9 @@ class AdapterFileError(ValueError):
 
 
 def display_name(name: str, limit: int = 200) -> str:
-    """A file name made safe to print: bytes that are not UTF-8 (kept by Python as surrogates) become escapes."""
-    safe = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    """A file name made safe to print on one line: control characters, and bytes that are not UTF-8 (which Python
+    keeps as lone surrogates), become backslash escapes."""
+    safe = "".join(ch if text_problem(ch) is None else repr(ch)[1:-1] for ch in name)
     return safe if len(safe) <= limit else safe[: limit - 1] + "…"
 
 
@@ -170,14 +171,6 @@ def save_adapter(
     for layer_path, proj in zip(adapter.layer_paths, adapter.value_projs, strict=True):
         originals[VALUE_PREFIX + layer_path + VALUE_SUFFIX] = proj.weight
     tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in originals.items()}
-    for name, tensor in tensors.items():
-        if not _all_finite(tensor):
-            cause = (
-                "contains NaN or infinite values"
-                if not _all_finite(originals[name].detach())
-                else f"overflows {_dtype_word(dtype)} (values beyond ±{torch.finfo(dtype).max:g}); save it as float32"
-            )
-            raise AdapterFileError(path, f"tensor '{name}' {cause}; nothing was written")
     try:
         training_text = json.dumps(dict(training or {}), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -195,6 +188,14 @@ def save_adapter(
     # The reader's rules, applied before anything touches the disk.
     infos = {name: (_DTYPE_NAMES[dtype], tuple(t.shape)) for name, t in tensors.items()}
     _parse_vmix(path, metadata, infos)
+    for name, tensor in tensors.items():
+        if not _all_finite(tensor):
+            cause = (
+                "contains NaN or infinite values"
+                if not _all_finite(originals[name].detach())
+                else f"overflows {_dtype_word(dtype)} (values beyond ±{torch.finfo(dtype).max:g}); save it as float32"
+            )
+            raise AdapterFileError(path, f"tensor '{name}' {cause}; nothing was written")
     tmp = path.with_name(path.name + ".tmp")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -415,7 +416,7 @@ def _read_header(path: Path, f: BinaryIO, size: int) -> tuple[AdapterHeader, dic
     if size == 0:
         raise AdapterFileError(path, "is empty (0 bytes): not a safetensors file")
     if size < 8:
-        raise AdapterFileError(path, f"is not a safetensors file (only {size} bytes)")
+        raise AdapterFileError(path, f"is not a safetensors file (only {_bytes(size)})")
     (header_len,) = struct.unpack("<Q", _read_exactly(path, f, 8))
     if header_len > size - 8:
         raise AdapterFileError(
@@ -473,6 +474,8 @@ def _tensor_infos(path: Path, raw: dict[str, Any], data_len: int) -> dict[str, _
             raise AdapterFileError(
                 path, f"is not a valid safetensors file (the entry for {shorten(name, 80)} is not an object)"
             )
+        if not isinstance(entry.get("dtype"), str):
+            raise AdapterFileError(path, f"is not a valid safetensors file (bad dtype for tensor {shorten(name, 80)})")
     dtypes = {entry.get("dtype") for entry in raw.values()}
     bad = sorted(_shown_dtype(d) for d in dtypes if d not in _DTYPES)
     if bad:
@@ -509,7 +512,7 @@ def _tensor_infos(path: Path, raw: dict[str, Any], data_len: int) -> dict[str, _
         covered = info.end
     if covered != data_len:
         raise AdapterFileError(
-            path, f"is damaged: {data_len - covered} bytes after the last tensor's data belong to no tensor"
+            path, f"is damaged: {_bytes(data_len - covered)} after the last tensor's data belong to no tensor"
         )
     return infos
 
@@ -578,7 +581,8 @@ def _parse_json(path: Path, text: str, what: str) -> Any:
         ) from None
     except ValueError as exc:  # json.JSONDecodeError and int()'s digit limit
         detail = f" at character {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise AdapterFileError(path, f"is not a safetensors file ({what} is not valid JSON{detail})") from None
+        kind = "a safetensors file" if what == "its header" else "a valid adapter file"
+        raise AdapterFileError(path, f"is not {kind} ({what} is not valid JSON{detail})") from None
     return value
 
 
@@ -754,6 +758,8 @@ def _tensor_view(data: torch.Tensor, info: _TensorInfo) -> torch.Tensor:
 
 def _all_finite(tensor: torch.Tensor) -> bool:
     # One pass with no temporary the tensor's size: NaN and infinities show up in the minimum or the maximum.
+    if tensor.numel() == 0:
+        return True
     low, high = torch.aminmax(tensor)
     return math.isfinite(low.item()) and math.isfinite(high.item())
 
@@ -776,6 +782,10 @@ def _build_adapter(header: AdapterHeader, tensors: Mapping[str, torch.Tensor]) -
         state[f"value_projs.{index}.weight"] = tensors[VALUE_PREFIX + layer + VALUE_SUFFIX]
     adapter.load_state_dict(state, strict=True, assign=True)
     return adapter.requires_grad_(False)
+
+
+def _bytes(count: int) -> str:
+    return "1 byte" if count == 1 else f"{count} bytes"
 
 
 def _dtype_word(dtype: torch.dtype) -> str:
