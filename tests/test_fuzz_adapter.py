@@ -215,6 +215,11 @@ def cases(valid: bytes) -> Iterator[Case]:
     yield Case("header has NaN", join('{"a": NaN}', body), "refused")
     yield Case("header repeats a key", join(json.dumps(header)[:-1] + ', "__metadata__": {}}', body), "refused")
     yield Case("header is UTF-16", struct.pack("<Q", 4) + "{}".encode("utf-16-le") + body, "refused")
+    # The costliest headers to parse that fit the 1 MiB limit: many tiny containers, many keys.
+    room = MAX_HEADER_BYTES - 64
+    yield Case("1 MiB of empty lists", join('{"a": [' + ",".join(["[]"] * (room // 3)) + "]}", b""), "refused")
+    many_keys = '{"__metadata__": {' + ",".join(f'"k{i}": "v"' for i in range(room // 16)) + "}}"
+    yield Case("1 MiB of metadata keys", join(many_keys, b""), "refused")
     wide = {f"t{i}": {"dtype": "F16", "shape": [0], "data_offsets": [0, 0]} for i in range(5000)}
     yield Case("5000 empty tensors", join({**wide, "__metadata__": header["__metadata__"]}, b""), "refused")
 
