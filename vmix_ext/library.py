@@ -24,8 +24,8 @@ from .adapter import VMixAdapter, shorten, text_problem
 from .weights import (
     AdapterFileError,
     AdapterHeader,
+    _load_adapter_with_header,
     display_name,
-    load_adapter_with_header,
     read_header,
 )
 
@@ -196,7 +196,7 @@ class AdapterLibrary:
         key = _file_key(path)
         loaded = self._adapters.get(key)
         if loaded is None:
-            loaded = load_adapter_with_header(path)
+            loaded = _load_adapter_with_header(path)
             self._adapters[key] = loaded
             while len(self._adapters) > self.keep_loaded:
                 self._adapters.popitem(last=False)

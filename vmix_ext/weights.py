@@ -10,6 +10,7 @@ message a user can act on.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -18,7 +19,8 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -75,6 +77,8 @@ _MAX_PROBLEM_CHARS = 600
 # ldm module paths such as ``input_blocks.1.1.transformer_blocks.0.attn2``.
 _LAYER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 _DECIMAL = re.compile(r"[0-9]{1,9}")
+# A JSON escape of a UTF-16 surrogate; UTF-8 text itself cannot hold one.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 class AdapterFileError(ValueError):
@@ -234,10 +238,10 @@ def load_adapter(path: str | os.PathLike[str]) -> VMixAdapter:
     built on the meta device and handed the loaded tensors, so nothing is initialised only to be overwritten.
     Raises only ``AdapterFileError``.
     """
-    return load_adapter_with_header(path)[1]
+    return _load_adapter_with_header(path)[1]
 
 
-def load_adapter_with_header(path: str | os.PathLike[str]) -> tuple[AdapterHeader, VMixAdapter]:
+def _load_adapter_with_header(path: str | os.PathLike[str]) -> tuple[AdapterHeader, VMixAdapter]:
     """``load_adapter``, also returning the header it checked (for a caller that shows both)."""
     path = Path(path)
     with _open_adapter(path) as (f, size):
@@ -350,49 +354,33 @@ class _TensorInfo:
     end: int
 
 
-class _OpenAdapter:
-    """Opens a path as a regular file without blocking (a pipe named *.safetensors must not hang the reader)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.file: BinaryIO | None = None
-
-    def __enter__(self) -> tuple[BinaryIO, int]:
-        path = self.path
-        if os.path.isdir(path):
-            raise AdapterFileError(path, "is a folder, not an adapter file")
-        flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
-        try:
-            fd = os.open(path, flags)
-        except FileNotFoundError:
-            if os.path.islink(path):
-                raise AdapterFileError(path, "is a link to a file that does not exist") from None
-            raise AdapterFileError(path, f"not found at {display_name(str(path), 300)}") from None
-        except PermissionError:
-            raise AdapterFileError(path, "cannot be read: permission denied") from None
-        except (OSError, ValueError) as exc:
-            raise AdapterFileError(path, f"cannot be opened: {_os_reason(exc)}") from None
-        self.file = os.fdopen(fd, "rb", buffering=0)
+@contextmanager
+def _open_adapter(path: Path) -> Iterator[tuple[BinaryIO, int]]:
+    """The file and its size, opened as a regular file without blocking (a pipe named *.safetensors must not hang
+    the reader) and with every way of not being a readable file turned into an AdapterFileError."""
+    if os.path.isdir(path):
+        raise AdapterFileError(path, "is a folder, not an adapter file")
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise AdapterFileError(path, "is a link to a file that does not exist") from None
+        raise AdapterFileError(path, f"not found at {display_name(str(path), 300)}") from None
+    except PermissionError:
+        raise AdapterFileError(path, "cannot be read: permission denied") from None
+    except (OSError, ValueError) as exc:
+        raise AdapterFileError(path, f"cannot be opened: {_os_reason(exc)}") from None
+    with os.fdopen(fd, "rb", buffering=0) as f:
         try:
             info = os.fstat(fd)
         except OSError as exc:
-            self.file.close()
             raise AdapterFileError(path, f"cannot be read: {_os_reason(exc)}") from None
         if stat.S_ISDIR(info.st_mode):
-            self.file.close()
             raise AdapterFileError(path, "is a folder, not an adapter file")
         if not stat.S_ISREG(info.st_mode):
-            self.file.close()
             raise AdapterFileError(path, "is not a regular file (a device, pipe or socket)")
-        return self.file, info.st_size
-
-    def __exit__(self, *exc: object) -> None:
-        if self.file is not None:
-            self.file.close()
-
-
-def _open_adapter(path: Path) -> _OpenAdapter:
-    return _OpenAdapter(path)
+        yield f, info.st_size
 
 
 def _os_reason(exc: BaseException) -> str:
@@ -452,10 +440,10 @@ def _read_header(path: Path, f: BinaryIO, size: int) -> tuple[AdapterHeader, dic
         )
     version = meta.get("format_version", "")
     if version != str(FORMAT_VERSION):
+        newer = _DECIMAL.fullmatch(version) is not None and int(version) > FORMAT_VERSION
+        advice = ": update the extension" if newer else ""
         raise AdapterFileError(
-            path,
-            f"has format version {shorten(version, 40)}; this VMix reads version {FORMAT_VERSION}: "
-            "update the extension",
+            path, f"has format version {shorten(version, 40)}; this VMix reads version {FORMAT_VERSION}{advice}"
         )
     infos = _tensor_infos(path, raw, size - 8 - header_len)
     header = _parse_vmix(path, meta, {name: (info.dtype, info.shape) for name, info in infos.items()})
@@ -562,6 +550,10 @@ def _shown_dtype(dtype: object) -> str:
 def _parse_json(path: Path, text: str, what: str) -> Any:
     """JSON with bounded cost: no NaN or Infinity, no number longer than 40 characters, no duplicate keys, nesting
     no deeper than Python's recursion limit, and no lone surrogates (text that cannot be written back as UTF-8)."""
+    # Parsed JSON holds no reference cycles, and hundreds of thousands of tiny lists would otherwise set off
+    # collection after collection of everything alive (5x the time for a forged header).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         value = json.loads(
             text,
@@ -570,7 +562,8 @@ def _parse_json(path: Path, text: str, what: str) -> Any:
             parse_constant=_refuse_constant,
             object_pairs_hook=_unique_keys,
         )
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        if _SURROGATE_ESCAPE.search(text):  # the only way a lone surrogate gets in: valid pairs pass this check
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
     except _JSONLimit as exc:
         raise AdapterFileError(path, f"is not a valid adapter file ({what} holds {exc})") from None
     except RecursionError:
@@ -583,6 +576,9 @@ def _parse_json(path: Path, text: str, what: str) -> Any:
         detail = f" at character {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
         kind = "a safetensors file" if what == "its header" else "a valid adapter file"
         raise AdapterFileError(path, f"is not {kind} ({what} is not valid JSON{detail})") from None
+    finally:
+        if collecting:
+            gc.enable()
     return value
 
 
