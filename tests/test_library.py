@@ -107,6 +107,8 @@ def test_listing_shows_every_file_good_and_bad(tmp_path, unet):
     by_name = {e.name: e for e in listing.entries}
     good = ["good", "nan", "pack.safetensors/inner", "styles/neon", "xl"]
     assert sorted(by_name) == sorted([*good, *bad]) and listing.names() == sorted(by_name)
+    unusable = {" padded.safetensors", "line\\nbreak.safetensors", ".safetensors"}
+    assert AdapterLibrary(tmp_path).names() == sorted(set(by_name) - unusable)  # the dropdown: selectable names
     for name in good:
         assert by_name[name].ok and by_name[name].header.family in ("sd1", "sdxl"), name
     for name, words in bad.items():

@@ -102,8 +102,9 @@ class AdapterLibrary:
     # -- listing ------------------------------------------------------------------------------------------------
 
     def names(self) -> list[str]:
-        """Every adapter file's name, sorted, without reading any file (never raises)."""
-        return [name for name, _, _ in self._walk([])]
+        """The name of every adapter file that a name can select, sorted, without reading any file (never raises);
+        files whose names cannot be used appear only in ``scan()``, with the request to rename them."""
+        return [name for name, _, problem in self._walk([]) if problem is None]
 
     def scan(self) -> AdapterListing:
         """Every ``.safetensors`` file with its header or the reason it cannot be used; reads only headers and
