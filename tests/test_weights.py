@@ -284,6 +284,18 @@ def test_context_width_must_match_the_family(saved):
     expect_error(path, "is for SD 2.x but has context width 768", "SD 2.x models have 1024")
 
 
+def test_a_width_no_family_has_is_left_to_the_unet_check(tmp_path, unet):
+    # The trainer's toy model is "sd1" at width 32: the file reads, and no real UNet accepts it.
+    toy = VMixAdapter(random_adapter(unet).dimensions, 32, {"input_blocks.1.1.transformer_blocks.0.attn2": 16}, "sd1")
+    path = tmp_path / "toy.safetensors"
+    save_adapter(toy, path)
+    assert load_adapter(path).context_dim == 32
+    with pytest.raises(
+        AdapterFileError, match=r"context width 32\) but the loaded model is SD 1.x \(context width 768"
+    ):
+        check_adapter_fits(read_header(path), unet, path)
+
+
 @pytest.mark.parametrize("tokens", ["0", "-1", "1025", "77.0", " 77", "٧٧"])
 def test_token_length_must_be_a_positive_whole_number(saved, tokens):
     _, path = saved
