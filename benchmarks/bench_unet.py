@@ -1,7 +1,10 @@
 """What VMix costs per UNet call: real ldm UNets (SD1.5 and SDXL widths), fp32 on the CPU, batch 2.
 
-Run from anywhere: ``python benchmarks/bench_unet.py [--quick] [--repeats N]``. The Markdown report goes to stdout
-(paste it into the README); progress goes to stderr.
+Run from anywhere: ``python benchmarks/bench_unet.py [--quick] [--repeats N] [--sdxl-full]``. Each figure is printed
+to stdout as soon as it is measured, and the Markdown report (paste it into the README) follows at the end;
+progress goes to stderr. The memory the run needs is printed before anything is built: by default it stays under
+8 GB (the SDXL-like UNet gets 34 of SDXL's 70 cross-attention layers); ``--sdxl-full`` builds all 70 (about 12 GB).
+Whatever the UNet's size, the adapter load time is also measured on a full SDXL-sized adapter (70 layers, d = 2048).
 
 Variants, timed in the same run and interleaved round by round so machine noise hits all of them alike:
 
@@ -235,6 +238,84 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def figure(message: str) -> None:
+    """A measured figure, printed the moment it is known (a long run shows its results as it goes)."""
+    print(message, flush=True)
+
+
+# -- memory -----------------------------------------------------------------------------------------------------
+
+GIB = 2**30
+# Latents, attention maps and the allocator's slack at these latent sizes, measured on reduced runs.
+ACTIVATIONS_BYTES = 1 * GIB
+
+
+def estimate_bytes(build: Callable[[], UNetModel]) -> tuple[int, int]:
+    """(UNet bytes, peak bytes) of one UNet's part of the run, from a copy built on the meta device (no memory).
+
+    Peak: the fp32 UNet, plus the adapter three times over (fp32 while made, fp16 as loaded, and the fp32 W_Va copies
+    of variant (c)), plus activations."""
+    with torch.device("meta"):
+        unet = build()
+    unet_bytes = sum(p.numel() for p in unet.parameters()) * 4
+    widths = [layer.to_v.out_features * layer.to_v.in_features for layer in cross_attention_layers(unet).values()]
+    context = next(iter(cross_attention_layers(unet).values())).to_v.in_features
+    adapter_params = sum(widths) + context * context
+    return unet_bytes, unet_bytes + adapter_params * (4 + 2 + 4) + ACTIVATIONS_BYTES
+
+
+def peak_rss_bytes() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+# -- the load time of a full SDXL-sized adapter -----------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    dtype: str
+    layers: int
+    file_mb: float
+    load_ms: list[float]
+
+
+def sdxl_adapter_load(dtypes: list[torch.dtype], loads: int) -> list[LoadResult]:
+    """``load_adapter`` on an adapter with SDXL's 70 layers and widths (taken from a meta-device UNet), whatever
+    UNet size the rest of the run uses: the median of ``loads`` loads after one that warms the page cache."""
+    with torch.device("meta"):
+        widths = {
+            path: layer.to_v.out_features for path, layer in cross_attention_layers(build_sdxl_like(2, 10)).items()
+        }
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in dtypes:
+            name = str(dtype).removeprefix("torch.")
+            log(f"[load] SDXL-sized adapter ({len(widths)} layers), {name}: make, save, load ...")
+            path = Path(tmp) / f"sdxl-{name}.safetensors"
+            save_adapter(VMixAdapter(DIMENSIONS, 2048, widths, "sdxl").to(dtype), path)
+            gc.collect()
+            load_adapter(path)  # warms the page cache
+            times = []
+            for _ in range(loads):
+                start = time.perf_counter()
+                adapter = load_adapter(path)
+                times.append((time.perf_counter() - start) * 1000)
+                del adapter
+            result = LoadResult(name, len(widths), path.stat().st_size / 2**20, times)
+            figure(
+                f"- load_adapter, SDXL-sized adapter ({result.layers} layers, d = 2048, {name}, "
+                f"{result.file_mb:.1f} MiB): median {statistics.median(times):.0f} ms of {loads} "
+                f"(range {min(times):.0f}–{max(times):.0f} ms), warm page cache"
+            )
+            results.append(result)
+            path.unlink()
+    return results
+
+
 @dataclass
 class Result:
     spec: Spec
@@ -272,9 +353,14 @@ def run(spec: Spec, repeats: int, warmup: int, seed: int) -> Result:
             adapter = load_adapter(path)
             load_times.append(time.perf_counter() - start)
         memory_mb = sum(t.numel() * t.element_size() for t in (*adapter.parameters(), *adapter.buffers())) / 2**20
+        figure(
+            f"- [{spec.key}] adapter ({len(layers)} layers, fp16): file {file_mb:.1f} MiB, load_adapter median "
+            f"{statistics.median(load_times) * 1000:.0f} ms of 3"
+        )
         start = time.perf_counter()
         values = adapter.aesthetic_values(None, dtype=torch.float32)
         values_ms = (time.perf_counter() - start) * 1000
+        figure(f"- [{spec.key}] V_a for all layers (once per generation): {values_ms:.0f} ms")
 
         generator = torch.Generator().manual_seed(seed + 2)
         inputs = (
@@ -286,6 +372,10 @@ def run(spec: Spec, repeats: int, warmup: int, seed: int) -> Result:
 
         log(f"[{spec.key}] hook cost ...")
         hook_s = hook_cost(variants, inputs[2], loops=50)
+        figure(
+            f"- [{spec.key}] VMix hooks per UNet call: {hook_s * 1e6:.0f} µs "
+            f"({hook_s * 1e6 / len(layers):.1f} µs/layer)"
+        )
 
         times: dict[str, list[float]] = {v: [] for v in VARIANTS}
         outputs: dict[str, torch.Tensor] = {}
@@ -301,8 +391,11 @@ def run(spec: Spec, repeats: int, warmup: int, seed: int) -> Result:
                 else:
                     times[variant].append(elapsed)
             variants.reset()
-            done = " ".join(f"{v}={times[v][-1]:.2f}s" for v in VARIANTS if r >= warmup)
-            log(f"[{spec.key}] round {r + 1}/{rounds} {'(warm-up)' if r < warmup else done}")
+            if r < warmup:
+                log(f"[{spec.key}] round {r + 1}/{rounds} (warm-up)")
+            else:
+                done = ", ".join(f"{v} {times[v][-1] * 1000:.0f} ms" for v in VARIANTS)
+                figure(f"- [{spec.key}] round {r + 1 - warmup}/{repeats} (ms per UNet call): {done}")
 
     busy_end, own_end = cpu_seconds()
     others_cores = max(0.0, (busy_end - busy_start) - (own_end - own_start)) / (time.perf_counter() - wall_start)
@@ -324,6 +417,11 @@ def run(spec: Spec, repeats: int, warmup: int, seed: int) -> Result:
         max_diff_bc=max_diff,
         max_effect=max_effect,
     )
+    figure(
+        f"- [{spec.key}] medians: "
+        + ", ".join(f"{v} {median_ms(times[v]):.0f} ms" for v in VARIANTS)
+        + f"; (b)/(a) {median_ms(times['b']) / median_ms(times['a']):.3f}; max |(b) − (c)| {max_diff:.1e}"
+    )
     del variants, adapter, values, unet, outputs
     gc.collect()
     return result
@@ -332,7 +430,7 @@ def run(spec: Spec, repeats: int, warmup: int, seed: int) -> Result:
 # -- the report -------------------------------------------------------------------------------------------------
 
 
-def report(results: list[Result], args: argparse.Namespace, wall: float) -> str:
+def report(results: list[Result], loads: list[LoadResult], args: argparse.Namespace, wall: float) -> str:
     lines = ["### VMix cost per UNet call (CPU, fp32, batch 2)", ""]
     threads = torch.get_num_threads()
     lines.append(
@@ -362,6 +460,17 @@ def report(results: list[Result], args: argparse.Namespace, wall: float) -> str:
             f"| {res.values_ms:.1f} ms | {res.hook_us:.0f} µs ({res.hook_us / res.layers:.1f} µs/layer, "
             f"{share:.3f} % of (a)) |"
         )
+    if loads:
+        lines += [
+            "",
+            "| Adapter | File | `load_adapter` (median) | range |",
+            "|---|---:|---:|---:|",
+        ]
+        for load in loads:
+            lines.append(
+                f"| SDXL-sized, {load.layers} layers, d = 2048, {load.dtype} | {load.file_mb:.1f} MiB "
+                f"| {statistics.median(load.load_ms):.0f} ms | {min(load.load_ms):.0f}–{max(load.load_ms):.0f} ms |"
+            )
     lines += ["", "Notes:", ""]
     for res in results:
         med_a, med_b = median_ms(res.times["a"]), median_ms(res.times["b"])
@@ -400,7 +509,9 @@ def report(results: list[Result], args: argparse.Namespace, wall: float) -> str:
         "(cache lookup and the one add). This fixed cost does not grow with the latent, so it bounds VMix's "
         "overhead at any image size more tightly than the noisy full-call ratio.",
         f"- V_a (`adapter.aesthetic_values(None, dtype=torch.float32)`) is computed once per generation from the fp16 "
-        f"file's adapter; `load_adapter` is the median of 3 loads from a warm page cache. Whole run: {wall:.0f} s.",
+        f"file's adapter; `load_adapter` is the median of 3 loads from a warm page cache (the SDXL-sized adapter "
+        f"table: the median of {args.loads} after a warm-up load). Whole run: {wall:.0f} s"
+        + (f", peak memory {peak / GIB:.1f} GiB." if (peak := peak_rss_bytes()) else "."),
     ]
     return "\n".join(lines)
 
@@ -415,7 +526,16 @@ def main() -> None:
     parser.add_argument(
         "--sdxl-depth",
         default=None,
-        help="transformer depth at the 640- and 1280-wide levels, e.g. 2,10 as in SDXL (default; 1,1 with --quick)",
+        help="transformer depth at the 640- and 1280-wide levels (default 2,4: 34 layers, under 8 GB; --quick 1,1)",
+    )
+    parser.add_argument(
+        "--sdxl-full", action="store_true", help="SDXL's real depths 2,10: all 70 layers (needs about 12 GB)"
+    )
+    parser.add_argument("--loads", type=int, default=5, help="timed loads of the SDXL-sized adapter (default 5)")
+    parser.add_argument(
+        "--load-dtypes",
+        default=None,
+        help="dtypes of the SDXL-sized adapter to time: float16,float32 (default; --quick float16), or none",
     )
     parser.add_argument("--only", choices=("sd15", "sdxl"), default=None, help="run one UNet only")
     parser.add_argument(
@@ -430,7 +550,12 @@ def main() -> None:
         parser.error("--repeats and --warmup must be at least 1 (the warm-up fills VMix's cache)")
     sd15_latent = args.sd15_latent or (16 if args.quick else 32)
     sdxl_latent = args.sdxl_latent or 16
-    depth_640, depth_1280 = (int(d) for d in (args.sdxl_depth or ("1,1" if args.quick else "2,10")).split(","))
+    if args.sdxl_full and args.sdxl_depth:
+        parser.error("--sdxl-full and --sdxl-depth both set the depth; give one")
+    depth = "2,10" if args.sdxl_full else args.sdxl_depth or ("1,1" if args.quick else "2,4")
+    depth_640, depth_1280 = (int(d) for d in depth.split(","))
+    load_dtypes = args.load_dtypes or ("float16" if args.quick else "float16,float32")
+    load_dtypes = [] if load_dtypes == "none" else [getattr(torch, name) for name in load_dtypes.split(",")]
     sdxl_layers = 5 * depth_640 + 6 * depth_1280
 
     sd15 = Spec(
@@ -461,7 +586,8 @@ def main() -> None:
             "`UNetModel` takes a single `transformer_depth` and breaks for depth > 1 (its SpatialTransformer indexes "
             "`context_dim[d]` and `context[i]`), so it is built with depth 1 and each SpatialTransformer is then given "
             f"{depth_640} block(s) at the 640-wide level and {depth_1280} at the 1280-wide level and middle (SDXL: "
-            f"[0, 2, 10], 70 layers), all fed the same context as in sgm: **{sdxl_layers} cross-attention layers**. "
+            f"[0, 2, 10], 70 layers; `--sdxl-full`), all fed the same context as in sgm: **{sdxl_layers} "
+            "cross-attention layers**. "
             "No pooled-text/size embedding (`label_emb`), which costs one small MLP per call.",
         ],
     )
@@ -475,9 +601,21 @@ def main() -> None:
                 "per-layer VMix cost weighs more here than it would at full size."
             )
 
+    estimates = {spec.key: estimate_bytes(spec.build) for spec in specs}
+    load_peak = 3.5 * 666 * 2**20 if torch.float32 in load_dtypes else 3.5 * 333 * 2**20 if load_dtypes else 0
+    peak = max([load_peak, *(e[1] for e in estimates.values())])
+    figure(
+        f"Memory: about {peak / GIB:.1f} GiB at peak ("
+        + ", ".join(f"{spec.title} UNet {estimates[spec.key][0] / GIB:.1f} GiB fp32" for spec in specs)
+        + "; the parts run one after another). The full-size SDXL-like UNet (--sdxl-full) needs about "
+        f"{estimate_bytes(lambda: build_sdxl_like(2, 10))[1] / GIB:.0f} GiB."
+    )
+
     start = time.perf_counter()
+    loads = sdxl_adapter_load(load_dtypes, args.loads)
     results = [run(spec, args.repeats, args.warmup, args.seed) for spec in specs]
-    print(report(results, args, time.perf_counter() - start))
+    print("", flush=True)
+    print(report(results, loads, args, time.perf_counter() - start), flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -14,6 +15,44 @@ from .layers import cross_attention_layers, value_projection
 CONTEXT_TOKENS = 77
 
 
+# Limits that keep every name and text short enough for a status line, an infotext entry and one CLIP prompt.
+DIMENSION_NAME_MAX = 64
+DIMENSION_TEXT_MAX = 500
+# Words the infotext and X/Y/Z values use for "every dimension" and "no dimension" (compared case-insensitively).
+RESERVED_DIMENSION_NAMES = ("all", "none")
+# Separators of the infotext ("name:0.5, other"), of X/Y/Z cells ("a+b", CSV quotes) and of key=value lists.
+DIMENSION_NAME_SEPARATORS = ",:+=\"'"
+
+
+def dimension_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a dimension (it would break infotext, X/Y/Z cells or the API), or None if it can."""
+    if not isinstance(name, str):
+        return f"must be text, not {type(name).__name__}"
+    if not name.strip():
+        return "is empty"
+    if len(name) > DIMENSION_NAME_MAX:
+        return f"is longer than {DIMENSION_NAME_MAX} characters"
+    if name != name.strip():
+        return "starts or ends with a space"
+    if name.casefold() in RESERVED_DIMENSION_NAMES:
+        return "is reserved: infotext and X/Y/Z use 'all' and 'none' for every and no dimension"
+    used = sorted({ch for ch in name if ch in DIMENSION_NAME_SEPARATORS})
+    if used:
+        return f"contains {' '.join(used)}; names may not contain any of {' '.join(DIMENSION_NAME_SEPARATORS)}"
+    return text_problem(name)
+
+
+def text_problem(text: str) -> str | None:
+    """Control characters, line breaks and lone surrogates (text that cannot be written as UTF-8) are refused."""
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category == "Cs":
+            return "cannot be written as UTF-8 (it holds a lone surrogate)"
+        if category in ("Cc", "Cf", "Zl", "Zp"):
+            return f"contains the control character U+{ord(ch):04X}"
+    return None
+
+
 @dataclass(frozen=True)
 class Dimension:
     """One aesthetic dimension: a short name, the label text that turns it on, and a rare identifier for off."""
@@ -23,9 +62,25 @@ class Dimension:
     negative: str
 
     def __post_init__(self) -> None:
-        # Names travel through infotext as a comma-separated list with optional ":strength" suffixes.
-        if not self.name.strip() or any(ch in self.name for ch in ",:\n"):
-            raise ValueError(f"dimension name {self.name!r} must be non-empty and free of ',' ':' and newlines")
+        problem = dimension_name_problem(self.name)
+        if problem:
+            raise ValueError(f"dimension name {shorten(self.name)} {problem}")
+        for label in ("positive", "negative"):
+            text = getattr(self, label)
+            if not isinstance(text, str):
+                problem = f"must be text, not {type(text).__name__}"
+            elif len(text) > DIMENSION_TEXT_MAX:
+                problem = f"is longer than {DIMENSION_TEXT_MAX} characters"
+            else:
+                problem = text_problem(text)
+            if problem:
+                raise ValueError(f"the {label} text of dimension '{self.name}' {problem}")
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """``repr`` of a value cut to ``limit`` characters: safe to print (escapes control characters and surrogates)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 Strengths = Mapping[str, float] | Sequence[float] | torch.Tensor | None
