@@ -477,9 +477,32 @@ def test_adapters_route(host):
     body = json.loads(json.dumps(endpoint()))
     assert body["folder"] == str(host.folder)
     broken, film = body["adapters"]
-    assert broken == {"file": "broken.safetensors", "error": broken["error"]} and "not a safetensors" in broken["error"]
+    assert broken == {"name": "broken", "file": "broken.safetensors", "error": broken["error"]}
+    assert "not a safetensors" in broken["error"]
     assert film["name"] == "film" and film["family"] == "sd1" and film["layers"] == len(host.film.layer_paths)
     assert [d["name"] for d in film["dimensions"]] == ["color", "lighting", "focus"]
+    assert "family_warning" not in film
+    # An adapter for another family is listed with a warning naming both families.
+    save_adapter(random_adapter(tiny_unet(2048, seed=3)), host.folder / "xl.safetensors")
+    xl = next(entry for entry in endpoint()["adapters"] if entry["name"] == "xl")
+    assert xl["family_warning"] == "made for SDXL, but the loaded model is SD 1.x"
+
+
+def test_choosing_an_adapter_checks_the_whole_file(host):
+    """A file whose header is fine but whose weights are not (NaN) looks healthy in the listing; picking it reads
+    the whole file and the status line says what is wrong, before any generation."""
+    bad = random_adapter(host.main_unet, seed=5)
+    save_adapter(bad, host.folder / "nan.safetensors")
+    data = bytearray((host.folder / "nan.safetensors").read_bytes())
+    data[-4:] = b"\x00\x00\xc0\x7f"  # the last float32 of the last tensor becomes NaN
+    (host.folder / "nan.safetensors").write_bytes(bytes(data))
+    change = next(
+        listener for listener in gr.find_by_elem_id("txt2img_vmix_adapter").listeners if listener[0] == "change"
+    )
+    _dims, line, *_ = change[1]("nan", [], "film")
+    assert "vmix-error" in line and "NaN" in line and "nan.safetensors" in line
+    _dims, line, *_ = change[1]("film", [], "nan")
+    assert "vmix-error" not in line and "file checked" in line
 
 
 def test_failures_are_visible(host, capfd):

@@ -555,3 +555,25 @@ def test_non_finite_values_are_refused_whatever_the_scale(unet):
     for scale in (0.0, 1.0):
         with pytest.raises(AdapterFileError, match="NaN or infinite in layer input_blocks"):
             check_values_finite(values, scale, torch.float32, "a.safetensors")
+
+
+def test_a_run_refuses_values_that_overflow_the_unets_dtype_before_any_step(tmp_path, unet):
+    """The glue's run checks λ·V_a in the dtype the UNet computes in, once per UNet: an fp16 UNet refuses what a
+    bf16 one takes; λ 0.5 fits fp16, and λ 0.5 with a block multiplier of 2 does not."""
+    import copy
+
+    from vmix_ext.library import AdapterLibrary
+    from vmix_ext.session import VMixRun
+    from vmix_ext.settings import VMixSettings
+
+    save_adapter(overflowing_adapter(unet), tmp_path / "loud.safetensors")
+    library = AdapterLibrary(tmp_path)
+    half, bf16 = copy.deepcopy(unet).half(), copy.deepcopy(unet).to(torch.bfloat16)
+    run = VMixRun(VMixSettings(enabled=True, adapter="loud", dimensions=["color"]), library, file_hash="")
+    with pytest.raises(AdapterFileError, match=r"'loud.safetensors'.*float16"):
+        run.check_fits(half)
+    run.check_fits(bf16)
+    VMixRun(VMixSettings(enabled=True, adapter="loud", scale=0.5, dimensions=["color"]), library, "").check_fits(half)
+    louder = VMixSettings(enabled=True, adapter="loud", scale=0.5, output_scale=2.0, dimensions=["color"])
+    with pytest.raises(AdapterFileError, match="float16"):
+        VMixRun(louder, library, "").check_fits(half)

@@ -9,14 +9,16 @@ from __future__ import annotations
 import weakref
 from dataclasses import replace
 
+import torch
 from torch import nn
 
 from .families import family_label
 from .hooks import ValueMixer
+from .layers import cross_attention_layers
 from .library import AdapterLibrary
 from .mixing import MixOptions
 from .settings import PASS_LABELS, VMixSettings
-from .weights import check_adapter_fits, short_hash
+from .weights import check_adapter_fits, check_values_finite, short_hash
 
 
 class VMixRun:
@@ -27,6 +29,7 @@ class VMixRun:
         self.strengths = settings.strengths(self.adapter.dimension_names)
         options = MixOptions(settings.scale, settings.cond_only, settings.start, settings.end, settings.blocks)
         values = library.values(settings.adapter, self.strengths)
+        self._values = values
         self.first_mixer = ValueMixer(values, options)
         self.hires_mixer = self.first_mixer
         if settings.hires_scale is not None:  # hires fix with its own λ: a second mixer on the same V_a
@@ -46,7 +49,13 @@ class VMixRun:
         if unet in self._fitted:
             return
         check_adapter_fits(self.adapter, unet, self.path)
+        # Finite float32 weights can still overflow the half precision the UNet computes in: refuse before a step.
+        check_values_finite(self._values, self._largest_scale(), compute_dtype(unet), self.path)
         self._fitted.add(unet)
+
+    def _largest_scale(self) -> float:
+        settings = self.settings
+        return max(settings.scale, settings.hires_scale or 0.0) * max(settings.blocks)
 
     def infotext(self) -> dict[str, object]:
         return self.settings.to_infotext(self.hash)
@@ -72,3 +81,15 @@ class VMixRun:
     def close(self) -> None:
         self.first_mixer.close()
         self.hires_mixer.close()
+
+
+def compute_dtype(unet: nn.Module) -> torch.dtype:
+    """The dtype the cross-attention projections compute in: their weights' dtype, or float16 for weights stored
+    in fp8 (A1111's and Forge's fp8 storage computes in half precision)."""
+    for layer in cross_attention_layers(unet).values():
+        weight = getattr(layer.to_v, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            if weight.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+                return weight.dtype
+            return torch.float16
+    return torch.float32

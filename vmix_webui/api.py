@@ -6,27 +6,20 @@ With ``--api-auth`` the route asks for the same HTTP basic credentials as the ho
 
 from __future__ import annotations
 
-import os
 from secrets import compare_digest
 from typing import Any
 
 from modules import shared
 
-from vmix_ext.weights import AdapterFileError
-
+from . import status
 from .adapters import library
 
 ROUTE = "/vmix/v1/adapters"
 
 
 def adapters_listing() -> dict[str, Any]:
-    entries = []
-    for item in library().headers():
-        if isinstance(item, AdapterFileError):
-            entries.append({"file": os.path.basename(item.path), "error": item.problem})
-        else:
-            entries.append(item.as_json())
-    return {"folder": str(library().folder), "adapters": entries}
+    """Every file, good or bad (one bad file never hides the others), and whether it fits the loaded model."""
+    return library().scan().as_json(status.loaded_family())
 
 
 def credentials() -> dict[str, str]:

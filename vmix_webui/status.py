@@ -13,10 +13,9 @@ import html
 from typing import Any
 
 from modules import shared
+from torch import nn
 
-from vmix_ext.families import family_for_context_dim, family_label
-from vmix_ext.layers import layer_widths
-from vmix_ext.weights import AdapterFileError
+from vmix_ext.weights import AdapterFileError, unet_family
 
 from .adapters import library
 
@@ -36,14 +35,14 @@ def loaded_family() -> str | None:
         unet: Any = model
         for name in path.split("."):
             unet = getattr(unet, name, None)
-        if unet is not None:
-            widths = {context for context, _ in layer_widths(unet).values()}
-            return family_for_context_dim(widths.pop()) if len(widths) == 1 else None
+        if isinstance(unet, nn.Module):
+            return unet_family(unet)
     return None
 
 
-def describe(name: str) -> str:
-    """The line for a chosen adapter, or the reason it cannot be used."""
+def describe(name: str, verify: bool = False) -> str:
+    """The line for a chosen adapter, or the reason it cannot be used. With ``verify`` the whole file is read and
+    checked (weights too), as when the user picks it; otherwise the header alone (page build, refresh)."""
     if not name:
         if library().names():
             return html_line("Choose an adapter.")
@@ -52,17 +51,14 @@ def describe(name: str) -> str:
             "(see its README); no official weights exist."
         )
     try:
-        header = library().header(name)
+        header = library().verify(name) if verify else library().header(name)
     except (LookupError, AdapterFileError) as exc:
         return html_line(str(exc), error=True)
-    family = loaded_family()
-    if family is not None and family != header.family:
-        return html_line(
-            f"{name}: made for {family_label(header.family)}, but the loaded model is {family_label(family)}; "
-            "choose an adapter for this model",
-            error=True,
-        )
-    return html_line(header.describe())
+    problem = header.family_problem(loaded_family())
+    if problem:
+        return html_line(f"{name}: {problem}; choose an adapter for this model", error=True)
+    checked = " · file checked" if verify else ""
+    return html_line(header.describe() + checked)
 
 
 def after_generation(p: Any, tab: str, text: str, error: bool = False) -> None:
@@ -76,9 +72,9 @@ def forget(p: Any, tab: str) -> None:
         _after_generation.pop(tab, None)
 
 
-def current(tab: str, name: str) -> str:
+def current(tab: str, name: str, verify: bool = False) -> str:
     """The line to show now: the last generation's result if there was one since the adapter changed."""
     if tab in _after_generation:
         text, error = _after_generation[tab]
         return html_line(("Last generation ran without VMix: " + text) if error else text, error=error)
-    return describe(name)
+    return describe(name, verify=verify)

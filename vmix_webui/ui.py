@@ -61,7 +61,8 @@ def on_adapter_change(tab: str, name: str, chosen: list[str] | None, previous: s
     keep = fits and (bool(chosen) or bool(dimension_names(previous or NO_ADAPTER)))
     status.forget(None, tab)
     dims = gr.update(choices=names, value=chosen if keep else names)
-    return (dims, status.current(tab, name), name, *strength_updates(names, keep_values=keep))
+    line = status.current(tab, name, verify=True)  # a choice reads the whole file: a broken one shows now
+    return (dims, line, name, *strength_updates(names, keep_values=keep))
 
 
 def strength_updates(names: list[str], keep_values: bool = False) -> list[dict[str, Any]]:
