@@ -34,6 +34,7 @@ negative = "sks1"
 steps = 2
 batch_size = 2
 resolution = 16
+bucket_step = 8
 save_every = 1
 sample_count = 0
 """

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from tiny_checkpoint import DIMENSIONS_TOML, TinyLdmModel, original_config, write_tokenizer
 
-import vmix_train.state as state_module
+import vmix_train.files as files_module
 from vmix_ext.hooks import ValueMixer
 from vmix_ext.mixing import MixOptions
 from vmix_ext.weights import load_adapter, read_header
@@ -44,6 +44,8 @@ name = "tiny-vmix"
 steps = 6
 batch_size = 2
 resolution = 16
+bucket_step = 8  # the tiny model's images are 16 px; real runs keep 64
+bucket_max_aspect = 3.0
 learning_rate = 1e-3
 save_every = 2
 sample_every = 3
@@ -106,7 +108,7 @@ def test_a_run_writes_the_adapter_snapshots_samples_and_loss_curve(workspace, tm
 
 
 def test_the_adapter_file_gives_the_same_outputs_as_the_trained_module(workspace, tmp_path):
-    trainer = make_trainer(workspace, tmp_path, steps=3, sample_count=0)
+    trainer = make_trainer(workspace, tmp_path, steps=3, sample_count=0, save_dtype="fp32")
     loaded = load_adapter(trainer.run())
     unet = trainer.base.unet
     generator = torch.Generator().manual_seed(0)
@@ -167,7 +169,7 @@ def test_a_kill_while_saving_keeps_the_previous_state(workspace, tmp_path, monke
     def die(*_args):
         raise Killed  # the temporary file is written, the rename never happens
 
-    monkeypatch.setattr(state_module.os, "replace", die)
+    monkeypatch.setattr(files_module.os, "replace", die)
     trainer.step = 3
     with pytest.raises(Killed):
         trainer.save_checkpoint()
@@ -239,14 +241,14 @@ def test_fp16_without_a_gpu_is_refused(workspace, tmp_path):
 def test_caption_dropout_empties_that_share_of_captions(workspace, tmp_path):
     trainer = make_trainer(workspace, tmp_path, caption_dropout=0.5, batch_size=6)
     seen: list[str] = []
-    encode = trainer.base.encode
-    trainer.base.encode = lambda captions, **kw: (seen.extend(captions), encode(captions, **kw))[1]
+    texts = trainer.data.texts
+    trainer.data.texts = lambda captions: (seen.extend(captions), texts(captions))[1]
     for step in range(20):
         trainer.batch(step, 0)
     empty = seen.count("")
     assert 0.35 < empty / len(seen) < 0.65
     again: list[str] = []
-    trainer.base.encode = lambda captions, **kw: (again.extend(captions), encode(captions, **kw))[1]
+    trainer.data.texts = lambda captions: (again.extend(captions), texts(captions))[1]
     for step in range(20):
         trainer.batch(step, 0)
     assert again == seen  # the same positions drop the same captions, so a resumed run sees the same data
