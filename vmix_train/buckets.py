@@ -71,7 +71,7 @@ def make_buckets(settings: BucketSettings) -> list[Bucket]:
         return [Bucket(settings.resolution, settings.resolution)]
     area, step = settings.resolution**2, settings.step
     found: set[Bucket] = set()
-    width = step * math.ceil(settings.min_side / step)
+    width = step * max(1, math.ceil(settings.min_side / step))
     while width <= settings.max_side:
         height = min(settings.max_side, area // width // step * step)
         if height >= settings.min_side and max(width, height) / min(width, height) <= settings.max_aspect + 1e-9:

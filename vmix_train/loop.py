@@ -447,11 +447,9 @@ class Trainer:
             )
         o = self.options
         self.describe_data()
-        self.data.prepare()
+        self.open_data()
         if self.config.tensorboard and self.world.is_main:
             self.events = EventLog(self.output_dir / "logs", purge_step=self.step)
-        if self.data.store is None:
-            self._feed = self.data.feed(self.step, o.steps, self.accumulation, o.batch_size)
         bar = _progress_bar(o.steps, self.step, self.progress)
         try:
             while self.step < o.steps:
@@ -471,7 +469,7 @@ class Trainer:
                     self.on_step(self.step)
         finally:
             bar.close()
-            self._feed = None  # stops the DataLoader's workers
+            self.close_data()
             self.step_fn.close()
             if self.events is not None:
                 self.events.close()
@@ -489,6 +487,16 @@ class Trainer:
                 self.log(f"[VMix] LoRA written to {self.lora_path}; copy it into models/Lora, use it with the adapter")
         barrier(self.world)
         return self.adapter_path
+
+    def open_data(self) -> None:
+        """Fill the cache with what it lacks; without a cache, start the workers decoding from the current step."""
+        self.data.prepare()
+        if self.data.store is None:
+            o = self.options
+            self._feed = self.data.feed(self.step, o.steps, self.accumulation, o.batch_size)
+
+    def close_data(self) -> None:
+        self._feed = None  # the DataLoader's iterator stops its workers when it goes
 
     def describe_data(self) -> None:
         counts = self.data.bucket_counts()
@@ -537,7 +545,7 @@ class Trainer:
                     tiles[n] = [image_off, image_on]
         sheet = sheet_of_rows(tiles)
         folder = self.output_dir / "samples"
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"step-{self.step:06d}.png"
         sheet.save(path)
         if self.events is not None:
