@@ -618,8 +618,10 @@ def data_path(args: argparse.Namespace) -> None:
         trainers["uncached"].open_data()  # starts the workers
         buckets = trainers["cached"].data.bucket_counts()
         seconds: dict[str, list[float]] = {"cached": [], "uncached": []}
+        round_load: list[float] = []  # CPUs kept busy by other processes during each timed round
         try:
             for r in range(args.warmup + args.rounds):
+                load = Load()
                 order = ("cached", "uncached") if r % 2 == 0 else ("uncached", "cached")
                 for name in order:
                     t = trainers[name]
@@ -633,11 +635,15 @@ def data_path(args: argparse.Namespace) -> None:
                     t.step_fn.close()  # the two trainers share the UNet: only one may be hooked at a time
                     if r >= args.warmup:
                         seconds[name].append(elapsed)
-                log(f"[data] round {r + 1}/{args.warmup + args.rounds}" + (" (warm-up)" if r < args.warmup else ""))
+                if r >= args.warmup:
+                    round_load.append(load.others_cores())
+                done = " ".join(f"{n}={seconds[n][-1]:.2f}s/step" for n in seconds if seconds[n])
+                log(f"[data] round {r + 1}/{args.warmup + args.rounds} {done if r >= args.warmup else '(warm-up)'}")
         finally:
             for t in trainers.values():
                 t.close_data()
-    print(data_path_report(args, seconds, caching, cache_bytes, buckets, time.perf_counter() - start))
+    wall = time.perf_counter() - start
+    print(data_path_report(args, seconds, caching, cache_bytes, buckets, round_load, wall))
 
 
 def data_path_report(
@@ -646,6 +652,7 @@ def data_path_report(
     caching: float,
     cache_bytes: int,
     buckets: dict[Any, int],
+    round_load: list[float],
     wall: float,
 ) -> str:
     side = args.latent * 8
@@ -669,11 +676,19 @@ def data_path_report(
         median = statistics.median(values)
         lines.append(f"| {labels[name]} | {median:.2f} | {min(values):.2f}–{max(values):.2f} | {1 / median:.3f} |")
     ratio = statistics.median(seconds["uncached"]) / statistics.median(seconds["cached"])
+    busy = statistics.median(round_load) > QUIET
+    advice = "; rerun on an idle machine before relying on the figures." if busy else "."
     lines += [
         "",
         f"Uncached / cached time per step: {ratio:.2f}×. The cached run's one-time caching pass took {caching:.1f} s "
         f"for {args.images} images and {args.images + 1} captions ({cache_bytes / 2**20:.1f} MiB of shards); a "
         "second run of the same data skips it.",
+        f"CPUs kept busy by other processes during the timed rounds: {', '.join(f'{x:.2f}' for x in round_load)}"
+        + (
+            "; rerun on an idle machine before relying on the figures."
+            if statistics.median(round_load) > QUIET
+            else "."
+        ),
         f"Whole run: {wall:.0f} s.",
     ]
     return "\n".join(lines)

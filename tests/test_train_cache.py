@@ -208,3 +208,16 @@ def test_workers_decode_the_same_batches_as_the_training_process(model, tmp_path
         assert tag == (step, 0) and indices == [i for _, i in items]
         direct = planned(base, folder, dataclasses.replace(options, num_workers=0)).latents(items)
         assert torch.equal(data.latents(items, pixels), direct)
+
+
+def test_an_image_gone_during_the_run_is_one_message_from_the_workers(model, tmp_path):
+    from vmix_train.errors import TrainingError
+
+    folder = write_dataset(tmp_path / "data", SIZES, NAMES)
+    data = planned(load_base(model), folder, dataclasses.replace(OPTIONS, cache=False, num_workers=2))
+    (folder / "3.png").unlink()
+    feed = data.feed(0, 20, accumulation=1, batch_size=2)
+    with pytest.raises(TrainingError, match=r"3\.png: cannot be read any more .*was the dataset changed") as info:
+        for _ in range(20):
+            next(feed)
+    assert "Traceback" not in str(info.value)

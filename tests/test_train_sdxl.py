@@ -8,7 +8,14 @@ import dataclasses
 
 import pytest
 import torch
-from tiny_checkpoint import SDXL_UNET_PARAMS, TinyLdmModel, original_config, write_dataset, write_tokenizer
+from tiny_checkpoint import (
+    SDXL_UNET_PARAMS,
+    TINY_OPTIONS,
+    TinyLdmModel,
+    original_config,
+    write_dataset,
+    write_tokenizer,
+)
 
 from vmix_ext.adapter import Dimension
 from vmix_ext.hooks import ValueMixer
@@ -118,12 +125,7 @@ def test_a_tiny_sdxl_run_writes_an_adapter_the_a1111_path_loads(sdxl, tmp_path):
     sizes = [(24, 16), (16, 32), (16, 16), (40, 20)]  # (width, height)
     data = write_dataset(tmp_path / "data", sizes, ["light", "color"])
     options = dataclasses.replace(
-        TrainingOptions(),
-        steps=2,
-        batch_size=2,
-        resolution=16,
-        bucket_step=8,
-        bucket_max_aspect=3.0,
+        TINY_OPTIONS,  # 2 steps of 2 images in 16² px buckets
         learning_rate=1e-2,
         sample_count=1,
         sample_every=2,

@@ -27,7 +27,7 @@ from vmix_train.config import TrainingOptions
 from vmix_train.dataset import Example
 from vmix_train.distributed import World, barrier
 from vmix_train.errors import TrainingError
-from vmix_train.images import PlacedImages, collate, image_size, load_placed
+from vmix_train.images import PlacedImages, collate, image_size, load_placed, unpack
 from vmix_train.model import BaseModel, TextConditioning
 from vmix_train.streams import stream
 
@@ -196,7 +196,8 @@ class TrainingData:
             return
         bar = _progress(len(indices), "VMix caching latents", self.progress)
         with self.store.writer("latents") as writer:
-            for _, chunk, pixels in self._loader(batches):
+            for batch in self._loader(batches):
+                _, chunk, pixels = unpack(batch)
                 for index, parts in zip(chunk, self._encode_images(pixels), strict=True):
                     writer.add(self._latent_keys[index], parts)
                 self.computed["latents"] += len(chunk)
@@ -236,7 +237,7 @@ class TrainingData:
     def feed(self, start_step: int, end_step: int, accumulation: int, batch_size: int) -> Iterator[Any]:
         """Without a cache: the pixels of this process's micro-batches from ``start_step`` on, decoded ahead by the
         DataLoader's workers; each batch comes tagged (step, micro) and with its example indices."""
-        return iter(self._loader(_MicroBatches(self, start_step, end_step, accumulation, batch_size)))
+        return map(unpack, self._loader(_MicroBatches(self, start_step, end_step, accumulation, batch_size)))
 
     @torch.no_grad()
     def _encode_images(self, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
