@@ -684,11 +684,7 @@ def data_path_report(
         f"for {args.images} images and {args.images + 1} captions ({cache_bytes / 2**20:.1f} MiB of shards); a "
         "second run of the same data skips it.",
         f"CPUs kept busy by other processes during the timed rounds: {', '.join(f'{x:.2f}' for x in round_load)}"
-        + (
-            "; rerun on an idle machine before relying on the figures."
-            if statistics.median(round_load) > QUIET
-            else "."
-        ),
+        + advice,
         f"Whole run: {wall:.0f} s.",
     ]
     return "\n".join(lines)
