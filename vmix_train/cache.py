@@ -54,7 +54,7 @@ def weights_hash(modules: Iterable[torch.nn.Module | None]) -> str:
         for name, tensor in sorted(module.state_dict().items()):
             data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
             digest.update(f"{number} {name} {tensor.dtype} {tuple(tensor.shape)};".encode())
-            digest.update(data.numpy().tobytes() if data.numel() else b"")
+            digest.update(data.numpy() if data.numel() else b"")  # the buffer itself, not a copy
     return digest.hexdigest()[:24]
 
 
