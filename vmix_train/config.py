@@ -207,6 +207,7 @@ def load_config(path: str | Path) -> RunConfig:
         ("[model] config", original_config),
         ("[model] tokenizer", tokenizer),
         ("[data] folder", dataset),
+        ("[data] sample_prompts", prompts_path),
     ):
         if value is not None and not value.exists():
             problems.append(f"{label} {value} does not exist")
@@ -239,7 +240,7 @@ def load_config(path: str | Path) -> RunConfig:
     dimensions = _dimensions(raw.get("dimensions"), problems)
     train = _training_options(raw.get("train", {}), problems)
     sample_prompts = None
-    if prompts_path is not None:
+    if prompts_path is not None and prompts_path.exists():
         sample_prompts = read_sample_prompts(prompts_path, [d.name for d in dimensions], problems)
     # [label] belongs to the labelling command (python -m vmix_train.label), which reads the same file.
     unknown = sorted(set(raw) - {"model", "data", "output", "dimensions", "train", "label"})
