@@ -591,7 +591,10 @@ def data_path(args: argparse.Namespace) -> None:
         examples = load_dataset(folder, [d.name for d in DIMENSIONS])
         log("[data] building SD 1.5's UNet, VAE and text encoder ...")
         base = build_sd15_base(args.seed)
-        total = args.warmup + args.rounds * args.steps_per_round + 1
+        # Warm-up: a whole epoch per trainer, so every bucket's shapes have been through the UNet and the VAE once
+        # (the first step at a new shape is slow: oneDNN and cuDNN choose their kernels for it).
+        epoch = math.ceil(args.images / args.batch)  # an upper bound on the steps of one epoch
+        total = args.warmup * epoch + args.rounds * args.steps_per_round + 1
 
         def trainer(cache: bool) -> Trainer:
             options = TrainingOptions(
@@ -625,7 +628,7 @@ def data_path(args: argparse.Namespace) -> None:
                 order = ("cached", "uncached") if r % 2 == 0 else ("uncached", "cached")
                 for name in order:
                     t = trainers[name]
-                    steps = 1 if r < args.warmup else args.steps_per_round
+                    steps = t.data.plan.steps_per_epoch if r < args.warmup else args.steps_per_round
                     synchronize(t.device)
                     began = time.perf_counter()
                     for _ in range(steps):
@@ -666,7 +669,8 @@ def data_path_report(
         f"torch {torch.__version__} · {device_name(torch.device(args.device))} · SD 1.5 UNet, VAE and CLIP ViT-L "
         f"(random weights) · batch {args.batch} · {side}² px in buckets "
         f"({', '.join(f'{b.label}: {n}' for b, n in sorted(buckets.items()))}) · {args.images} JPEGs twice that size "
-        f"· median of {args.rounds} interleaved rounds of {args.steps_per_round} steps after {args.warmup} warm-up",
+        f"· median of {args.rounds} interleaved rounds of {args.steps_per_round} steps after {args.warmup} warm-up "
+        "epoch(s) (every bucket's shapes once)",
         "",
         "| data path | s / step (median) | min–max | steps / s |",
         "|---|---:|---:|---:|",

@@ -103,7 +103,7 @@ class TrainingData:
         self.dataset_folder = dataset_folder
         self.store: CacheStore | None = None
         self._latent_keys: list[str] = []
-        self._text_facts: dict[str, Any] = {}
+        self._text_side = ""  # the hash of everything a text entry depends on besides its caption
         if options.cache:
             self.store = CacheStore(cache_folder or default_folder(dataset_folder))
             # The VAE by its weights (two checkpoints with the same VAE share latents); the text side by the
@@ -120,14 +120,14 @@ class TrainingData:
                 }
                 self._latent_keys.append(entry_key(facts))
             tokenizers = [base.tokenize, *([base.tokenize_2] if base.tokenize_2 is not None else [])]
-            self._text_facts = {
-                "kind": "text",
+            text_side = {
                 "model": base.hash or weights_hash(base.text_encoders),
                 "tokenizer": [t([_TOKENIZER_PROBE]).tolist() for t in tokenizers],
                 "clip_skip": base.clip_skip,
                 "family": base.family,
                 "dtype": str(text_dtype),
             }
+            self._text_side = entry_key(text_side)
         self._prepared = False
         self.computed = {"latents": 0, "texts": 0}  # entries this run computed (the rest came from the cache)
 
@@ -151,7 +151,7 @@ class TrainingData:
     # -- the cache -----------------------------------------------------------------------------------------------
 
     def text_key(self, caption: str) -> str:
-        return entry_key({**self._text_facts, "caption": caption})
+        return entry_key({"kind": "text", "text_side": self._text_side, "caption": caption})
 
     def prepare(self) -> None:
         """Compute what the cache lacks (split over the processes), then read its index. Nothing without a cache."""
