@@ -107,10 +107,16 @@ def train(folder: Path, processes: int) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "out" / "run.safetensors"))
 
 
+# F's bias cannot change the output (the LayerNorm over d removes any constant added to a token's row), so its
+# gradient is zero up to float noise, which AdamW turns into steps of up to lr·|g|/(|g| + eps) ≈ 1e-6 that differ
+# between 1 and 2 processes; over 12 steps they add up to about 1e-5.
+NOISE_ONLY = {"proj.token.bias": 1e-4}
+
+
 def assert_same_adapter(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
     assert set(got) == set(expected)
     for name, value in expected.items():
-        torch.testing.assert_close(got[name], value, atol=2e-6, rtol=1e-4, msg=name)
+        torch.testing.assert_close(got[name], value, atol=NOISE_ONLY.get(name, 2e-6), rtol=1e-4, msg=name)
 
 
 @pytest.fixture(scope="module")
