@@ -1,8 +1,18 @@
-"""What one VMix training step costs against a frozen UNet's forward and backward: time and peak memory.
+"""What one VMix training step costs against a frozen UNet's forward and backward: time and peak memory; and, with
+``--data-path``, what the data path adds: training steps per second with the latent and text caches and without.
 
 Run from anywhere: ``python benchmarks/bench_train_step.py [--model sd15|sdxl] [--device cpu|cuda] [--rounds N]
-[--gradient-checkpointing] [--dtype bfloat16]``.
+[--gradient-checkpointing] [--dtype bfloat16]``, or ``python benchmarks/bench_train_step.py --data-path
+[--device cpu|cuda] [--images N] [--workers N] [--steps-per-round N] [--rounds N]``.
 The Markdown report goes to stdout (paste it into the README); progress goes to stderr.
+
+Data path (``--data-path``, SD 1.5 only): the real ``Trainer`` on the same SD 1.5 UNet as above, with SD 1.5's VAE
+and CLIP ViT-L text encoder (diffusers/transformers, random weights), on a folder of JPEG images twice the training
+size in three aspect ratios (aspect-ratio buckets on). Two trainers share the frozen model: one with ``cache = true``
+(after its one-time caching pass, timed on its own, every step reads latents and text outputs from the shards), one
+with ``cache = false`` (DataLoader workers decode each step's images ahead, the VAE and the text encoder run every
+step). Their steps are timed in interleaved rounds; the report gives seconds per step and steps per second side by
+side.
 
 Two variants on the same batch (the same latents, noise, timesteps, context) and the same diffusers
 ``UNet2DConditionModel``, SD 1.5's or SDXL base's (``--model``; random weights, nothing downloaded; SDXL's with its
@@ -479,6 +489,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory children")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-path", action="store_true", help="steps/s with and without the caches (SD 1.5)")
+    parser.add_argument("--images", type=int, default=8, help="--data-path: images in the dataset (default 8)")
+    parser.add_argument("--workers", type=int, default=2, help="--data-path: DataLoader workers (default 2)")
+    parser.add_argument("--steps-per-round", type=int, default=2, help="--data-path: steps per timed round")
     parser.add_argument(MEMORY_FLAG, dest="_memory_child", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device is None:
@@ -495,15 +509,198 @@ def parse_args() -> argparse.Namespace:
         parser.error("--rounds and --warmup must be at least 1 (the warm-up attaches VMix and fills AdamW's state)")
     if args.latent % 8:
         parser.error("--latent must be a multiple of 8 (the UNet halves it three times)")
+    if args.data_path and args.model != "sd15":
+        parser.error("--data-path measures the SD 1.5 setup; leave --model at sd15")
+    if args.data_path and (args.images < 1 or args.workers < 0 or args.steps_per_round < 1):
+        parser.error("--images and --steps-per-round must be at least 1, --workers at least 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
+
+
+# -- the data path: steps/s with and without the caches -----------------------------------------------------------
+
+
+def build_sd15_base(seed: int) -> Any:
+    """SD 1.5's UNet, VAE and CLIP ViT-L text encoder (diffusers/transformers configs as the trainer loads them),
+    random weights, with the toy's character tokenizer (no tokenizer files needed)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from vmix_train.model import BaseModel
+    from vmix_train.toy import BOS, EOS, tokenize
+
+    unet = build_unet("sd15", seed)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+        scaling_factor=0.18215,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            bos_token_id=BOS,
+            eos_token_id=EOS,
+        )
+    )
+    base = BaseModel(unet, text, tokenize, EOS, build_scheduler(), "sd1", vae=vae, name="random SD 1.5", hash="bench")
+    return base.freeze()
+
+
+def write_images(folder: Path, count: int, side: int, seed: int) -> None:
+    """JPEGs (quality 90) twice the training side, landscape, square and portrait in turn, with noise so they do
+    not compress to nothing; captions of a few words; labels alternating."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(2 * side * 4 // 3, 2 * side), (2 * side, 2 * side), (2 * side, 2 * side * 4 // 3)]
+    lines = []
+    for i in range(count):
+        width, height = shapes[i % 3]
+        pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(folder / f"{i:04d}.jpg", quality=90)
+        labels = {d.name: (i + j) % 2 == 0 for j, d in enumerate(DIMENSIONS)}
+        caption = f"a photo of a scene number {i} with a house and a tree"
+        lines.append(json.dumps({"file_name": f"{i:04d}.jpg", "caption": caption, "labels": labels}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def data_path(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from vmix_train.config import RunConfig, TrainingOptions
+    from vmix_train.dataset import load_dataset
+    from vmix_train.loop import Trainer
+
+    start = time.perf_counter()
+    side = args.latent * 8
+    with tempfile.TemporaryDirectory(prefix="vmix-bench-data-") as root:
+        folder = Path(root) / "data"
+        write_images(folder, args.images, side, args.seed)
+        examples = load_dataset(folder, [d.name for d in DIMENSIONS])
+        log("[data] building SD 1.5's UNet, VAE and text encoder ...")
+        base = build_sd15_base(args.seed)
+        # Warm-up: a whole epoch per trainer, so every bucket's shapes have been through the UNet and the VAE once
+        # (the first step at a new shape is slow: oneDNN and cuDNN choose their kernels for it).
+        epoch = math.ceil(args.images / args.batch)  # an upper bound on the steps of one epoch
+        total = args.warmup * epoch + args.rounds * args.steps_per_round + 1
+
+        def trainer(cache: bool) -> Trainer:
+            options = TrainingOptions(
+                steps=total,
+                batch_size=args.batch,
+                resolution=side,
+                mixed_precision={"float32": "no", "bfloat16": "bf16", "float16": "fp16"}[args.dtype],
+                cache=cache,
+                num_workers=args.workers,
+                sample_count=0,
+                save_every=10**6,
+                seed=args.seed,
+            )
+            out = Path(root) / ("cached" if cache else "uncached")
+            config = RunConfig(Path("random-sd15"), folder, out, DIMENSIONS, options)
+            return Trainer(config, base, examples, device=args.device, progress=False, log=log)
+
+        trainers = {"cached": trainer(True), "uncached": trainer(False)}
+        began = time.perf_counter()
+        trainers["cached"].open_data()  # the one-time caching pass: every image through the VAE, every caption
+        caching = time.perf_counter() - began
+        cache_bytes = sum(p.stat().st_size for p in (folder / "vmix-cache").glob("*.safetensors"))
+        log(f"[data] caching pass: {caching:.1f} s for {args.images} images ({cache_bytes / 2**20:.1f} MiB)")
+        trainers["uncached"].open_data()  # starts the workers
+        buckets = trainers["cached"].data.bucket_counts()
+        seconds: dict[str, list[float]] = {"cached": [], "uncached": []}
+        round_load: list[float] = []  # CPUs kept busy by other processes during each timed round
+        try:
+            for r in range(args.warmup + args.rounds):
+                load = Load()
+                order = ("cached", "uncached") if r % 2 == 0 else ("uncached", "cached")
+                for name in order:
+                    t = trainers[name]
+                    steps = t.data.plan.steps_per_epoch if r < args.warmup else args.steps_per_round
+                    synchronize(t.device)
+                    began = time.perf_counter()
+                    for _ in range(steps):
+                        t.train_step()
+                    synchronize(t.device)
+                    elapsed = (time.perf_counter() - began) / steps
+                    t.step_fn.close()  # the two trainers share the UNet: only one may be hooked at a time
+                    if r >= args.warmup:
+                        seconds[name].append(elapsed)
+                if r >= args.warmup:
+                    round_load.append(load.others_cores())
+                done = " ".join(f"{n}={seconds[n][-1]:.2f}s/step" for n in seconds if seconds[n])
+                log(f"[data] round {r + 1}/{args.warmup + args.rounds} {done if r >= args.warmup else '(warm-up)'}")
+        finally:
+            for t in trainers.values():
+                t.close_data()
+    wall = time.perf_counter() - start
+    print(data_path_report(args, seconds, caching, cache_bytes, buckets, round_load, wall))
+
+
+def data_path_report(
+    args: argparse.Namespace,
+    seconds: dict[str, list[float]],
+    caching: float,
+    cache_bytes: int,
+    buckets: dict[Any, int],
+    round_load: list[float],
+    wall: float,
+) -> str:
+    side = args.latent * 8
+    labels = {
+        "cached": "cached: latents and text outputs read from the shards",
+        "uncached": f"uncached: {args.workers} DataLoader worker(s) decode, VAE + text encoder every step",
+    }
+    lines = [
+        f"### Training steps per second with and without the caches ({args.device}, {args.dtype})",
+        "",
+        f"torch {torch.__version__} · {device_name(torch.device(args.device))} · SD 1.5 UNet, VAE and CLIP ViT-L "
+        f"(random weights) · batch {args.batch} · {side}² px in buckets "
+        f"({', '.join(f'{b.label}: {n}' for b, n in sorted(buckets.items()))}) · {args.images} JPEGs twice that size "
+        f"· median of {args.rounds} interleaved rounds of {args.steps_per_round} steps after {args.warmup} warm-up "
+        "epoch(s) (every bucket's shapes once)",
+        "",
+        "| data path | s / step (median) | min–max | steps / s |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in ("cached", "uncached"):
+        values = seconds[name]
+        median = statistics.median(values)
+        lines.append(f"| {labels[name]} | {median:.2f} | {min(values):.2f}–{max(values):.2f} | {1 / median:.3f} |")
+    ratio = statistics.median(seconds["uncached"]) / statistics.median(seconds["cached"])
+    busy = statistics.median(round_load) > QUIET
+    advice = "; rerun on an idle machine before relying on the figures." if busy else "."
+    lines += [
+        "",
+        f"Uncached / cached time per step: {ratio:.2f}×. The cached run's one-time caching pass took {caching:.1f} s "
+        f"for {args.images} images and {args.images + 1} captions ({cache_bytes / 2**20:.1f} MiB of shards); a "
+        "second run of the same data skips it.",
+        f"CPUs kept busy by other processes during the timed rounds: {', '.join(f'{x:.2f}' for x in round_load)}"
+        + advice,
+        f"Whole run: {wall:.0f} s.",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> None:
     args = parse_args()
     if args._memory_child:
         memory_child(args)
+        return
+    if args.data_path:
+        data_path(args)
         return
     start = time.perf_counter()
 

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from tiny_checkpoint import (
     CONTEXT_DIM,
     SD2_UNET_PARAMS,
+    TINY_OPTIONS,
     TinyLdmModel,
     original_config,
     write_dataset,
@@ -175,7 +176,7 @@ def test_the_trainer_makes_an_sd2_adapter_that_fits_the_ldm_unet(tmp_path):
 
     from vmix_ext.adapter import Dimension
     from vmix_ext.weights import load_adapter
-    from vmix_train.config import RunConfig, TrainingOptions
+    from vmix_train.config import RunConfig
     from vmix_train.dataset import load_dataset
     from vmix_train.loop import Trainer
 
@@ -185,7 +186,7 @@ def test_the_trainer_makes_an_sd2_adapter_that_fits_the_ldm_unet(tmp_path):
     base = load_single_file(path, original_config=config, tokenizer=write_tokenizer(tmp_path / "tok"), prediction="v")
     data = write_dataset(tmp_path / "data", [(16, 16)] * 4, ["light"])
     dims = (Dimension("light", "natural lighting", "sks1"),)
-    options = dataclasses.replace(TrainingOptions(), steps=2, batch_size=2, resolution=16, sample_count=0)
+    options = dataclasses.replace(TINY_OPTIONS, learning_rate=0.0)  # the family's rate
     run = RunConfig(path, data, tmp_path / "out", dims, options, name="sd2-vmix")
     adapter_path = Trainer(run, base, load_dataset(data, ["light"]), device="cpu", progress=False).run()
     adapter = load_adapter(adapter_path)

@@ -11,9 +11,18 @@ import sys
 import pytest
 import torch
 from PIL import Image
-from tiny_checkpoint import DIMENSIONS_TOML, TinyLdmModel, original_config, write_tokenizer
+from safetensors.torch import load_file
+from tiny_checkpoint import (
+    DIMENSIONS_TOML,
+    TINY_OPTIONS,
+    TinyLdmModel,
+    original_config,
+    tiny_trainer,
+    write_dataset,
+    write_tokenizer,
+)
 
-import vmix_train.state as state_module
+import vmix_train.files as files_module
 from vmix_ext.hooks import ValueMixer
 from vmix_ext.mixing import MixOptions
 from vmix_ext.weights import load_adapter, read_header
@@ -44,6 +53,8 @@ name = "tiny-vmix"
 steps = 6
 batch_size = 2
 resolution = 16
+bucket_step = 8  # the tiny model's images are 16 px; real runs keep 64
+bucket_max_aspect = 3.0
 learning_rate = 1e-3
 save_every = 2
 sample_every = 3
@@ -106,7 +117,7 @@ def test_a_run_writes_the_adapter_snapshots_samples_and_loss_curve(workspace, tm
 
 
 def test_the_adapter_file_gives_the_same_outputs_as_the_trained_module(workspace, tmp_path):
-    trainer = make_trainer(workspace, tmp_path, steps=3, sample_count=0)
+    trainer = make_trainer(workspace, tmp_path, steps=3, sample_count=0, save_dtype="fp32")
     loaded = load_adapter(trainer.run())
     unet = trainer.base.unet
     generator = torch.Generator().manual_seed(0)
@@ -125,12 +136,13 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("lora_rank", [0, 2])
-def test_resume_after_a_kill_continues_exactly(workspace, tmp_path, lora_rank):
-    straight = make_trainer(workspace, tmp_path / "a", sample_count=0, lora_rank=lora_rank)
+def assert_resume_is_exact(make) -> Trainer:
+    """``make(folder)`` builds a trainer writing to ``folder``: a run killed after step 5 (its last checkpoint at
+    step 4) and resumed ends exactly as a run never stopped: losses, weights, optimizer state and EMA."""
+    straight = make("a")
     straight.run()
 
-    killed = make_trainer(workspace, tmp_path / "b", sample_count=0, lora_rank=lora_rank)
+    killed = make("b")
     saved_optimizer = {}
 
     def kill_after_step_5(step):
@@ -142,9 +154,9 @@ def test_resume_after_a_kill_continues_exactly(workspace, tmp_path, lora_rank):
     killed.on_step = kill_after_step_5
     with pytest.raises(Killed):
         killed.run()
-    assert load_state(tmp_path / "b" / "out" / STATE_FILE).step == 4
+    assert load_state(killed.output_dir / STATE_FILE).step == 4
 
-    resumed = make_trainer(workspace, tmp_path / "b", sample_count=0, lora_rank=lora_rank)
+    resumed = make("b")
     assert resumed.resume() and resumed.step == 4
     restored = resumed.optimizer.state_dict()
     for index, slots in saved_optimizer["state"].items():
@@ -153,9 +165,48 @@ def test_resume_after_a_kill_continues_exactly(workspace, tmp_path, lora_rank):
     assert restored["param_groups"] == saved_optimizer["param_groups"]
     resumed.run()
     assert resumed.losses == straight.losses
-    assert len(resumed.trainable) == len(straight.trainable) > (13 if lora_rank else 12)
     for name, value in straight.trainable.items():
         assert torch.equal(resumed.trainable[name], value), name
+    if straight.ema is not None:
+        for name, value in straight.ema.shadow.items():
+            assert torch.equal(resumed.ema.shadow[name], value), name
+    files = load_file(str(resumed.adapter_path)), load_file(str(straight.adapter_path))
+    assert files[0].keys() == files[1].keys() and all(torch.equal(files[0][k], files[1][k]) for k in files[1])
+    return straight
+
+
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_resume_after_a_kill_continues_exactly(workspace, tmp_path, lora_rank):
+    def make(name):
+        return make_trainer(workspace, tmp_path / name, sample_count=0, lora_rank=lora_rank)
+
+    assert len(assert_resume_is_exact(make).trainable) > (13 if lora_rank else 12)
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cached", "decoded-each-step"])
+def test_resume_is_exact_with_buckets_caches_workers_and_ema(tmp_path, cache):
+    """Mixed aspect ratios in three buckets, two DataLoader workers (decoding for the cache, or for every step
+    without it), an EMA, a learning-rate schedule with warm-up, clipping and caption dropout."""
+    model = (TinyLdmModel().save(tmp_path / "tiny.safetensors"), write_tokenizer(tmp_path / "tokenizer"))
+    sizes = [(16, 16), (24, 8), (20, 16), (8, 24), (16, 16), (30, 10), (10, 30), (17, 15)]
+    data = write_dataset(tmp_path / "data", sizes, ["light", "color"])
+    options = dataclasses.replace(
+        TINY_OPTIONS,
+        steps=6,
+        save_every=2,
+        cache=cache,
+        num_workers=2,
+        ema_decay=0.9,
+        lr_scheduler="cosine",
+        lr_warmup_steps=2,
+        max_grad_norm=0.01,
+        caption_dropout=0.3,
+    )
+
+    def make(name):
+        return tiny_trainer(model, data, tmp_path / name, options)
+
+    assert_resume_is_exact(make)
 
 
 def test_a_kill_while_saving_keeps_the_previous_state(workspace, tmp_path, monkeypatch):
@@ -167,7 +218,7 @@ def test_a_kill_while_saving_keeps_the_previous_state(workspace, tmp_path, monke
     def die(*_args):
         raise Killed  # the temporary file is written, the rename never happens
 
-    monkeypatch.setattr(state_module.os, "replace", die)
+    monkeypatch.setattr(files_module.os, "replace", die)
     trainer.step = 3
     with pytest.raises(Killed):
         trainer.save_checkpoint()
@@ -239,14 +290,14 @@ def test_fp16_without_a_gpu_is_refused(workspace, tmp_path):
 def test_caption_dropout_empties_that_share_of_captions(workspace, tmp_path):
     trainer = make_trainer(workspace, tmp_path, caption_dropout=0.5, batch_size=6)
     seen: list[str] = []
-    encode = trainer.base.encode
-    trainer.base.encode = lambda captions, **kw: (seen.extend(captions), encode(captions, **kw))[1]
+    texts = trainer.data.texts
+    trainer.data.texts = lambda captions: (seen.extend(captions), texts(captions))[1]
     for step in range(20):
         trainer.batch(step, 0)
     empty = seen.count("")
     assert 0.35 < empty / len(seen) < 0.65
     again: list[str] = []
-    trainer.base.encode = lambda captions, **kw: (again.extend(captions), encode(captions, **kw))[1]
+    trainer.data.texts = lambda captions: (again.extend(captions), texts(captions))[1]
     for step in range(20):
         trainer.batch(step, 0)
     assert again == seen  # the same positions drop the same captions, so a resumed run sees the same data

@@ -8,7 +8,14 @@ import dataclasses
 
 import pytest
 import torch
-from tiny_checkpoint import SDXL_UNET_PARAMS, TinyLdmModel, original_config, write_dataset, write_tokenizer
+from tiny_checkpoint import (
+    SDXL_UNET_PARAMS,
+    TINY_OPTIONS,
+    TinyLdmModel,
+    original_config,
+    write_dataset,
+    write_tokenizer,
+)
 
 from vmix_ext.adapter import Dimension
 from vmix_ext.hooks import ValueMixer
@@ -118,29 +125,39 @@ def test_a_tiny_sdxl_run_writes_an_adapter_the_a1111_path_loads(sdxl, tmp_path):
     sizes = [(24, 16), (16, 32), (16, 16), (40, 20)]  # (width, height)
     data = write_dataset(tmp_path / "data", sizes, ["light", "color"])
     options = dataclasses.replace(
-        TrainingOptions(),
-        steps=2,
-        batch_size=2,
-        resolution=16,
+        TINY_OPTIONS,  # 2 steps of 2 images in 16² px buckets
         learning_rate=1e-2,
         sample_count=1,
         sample_every=2,
         caption_dropout=0.5,
+        seed=1,  # one whose dropout draws for the first 4 positions are mixed (checked below)
+        save_dtype="fp32",
     )
     models = tmp_path / "models" / "VMix"
     run = RunConfig(path, data, models, DIMS, options, name="sdxl-vmix")
     trainer = Trainer(run, base, load_dataset(data, ["light", "color"]), device="cpu", progress=False)
 
-    batch = trainer.batch(0, 0)
-    assert batch.added["text_embeds"].shape == (2, 1280)
-    for row, index in zip(batch.added["time_ids"].tolist(), [trainer.example_index(p) for p in (0, 1)], strict=True):
-        width, height = sizes[index]
-        scale = 16 / min(width, height)
-        top = (max(16, round(height * scale)) - 16) // 2
-        left = (max(16, round(width * scale)) - 16) // 2
-        assert row == [height, width, top, left, 16, 16]  # original size, crop corner, target size
+    # Buckets of 16² px in 8-px steps up to 3:1: 8x24, 16x16, 24x8. 24x16 (3:2) goes to the square, 16x32 (1:2)
+    # to 8x24 and 40x20 (2:1) to 24x8, the nearest aspect ratios on a log scale.
+    expected_buckets = {0: (16, 16), 1: (8, 24), 2: (16, 16), 3: (24, 8)}
+    for step in (0, 1):
+        items = trainer.items(step, 0)
+        batch = trainer.batch(step, 0)
+        assert batch.added["text_embeds"].shape == (2, 1280)
+        buckets = {expected_buckets[index] for _, index in items}
+        assert len(buckets) == 1  # a batch never mixes buckets
+        (bucket_width, bucket_height) = buckets.pop()
+        assert batch.latents.shape[-2:] == (bucket_height // 2, bucket_width // 2)  # the tiny VAE halves
+        for row, (_, index) in zip(batch.added["time_ids"].tolist(), items, strict=True):
+            width, height = sizes[index]
+            scale = max(bucket_width / width, bucket_height / height)  # resized to cover the bucket
+            top = (max(bucket_height, round(height * scale)) - bucket_height) // 2
+            left = (max(bucket_width, round(width * scale)) - bucket_width) // 2
+            # original size, crop corner, target size = the bucket
+            assert row == [height, width, top, left, bucket_height, bucket_width]
 
-    dropped = [bool(torch.rand((), generator=stream(0, "dropout", p)) < 0.5) for p in range(4)]
+    positions = [position for step in (0, 1) for position, _ in trainer.items(step, 0)]
+    dropped = [bool(torch.rand((), generator=stream(1, "dropout", p)) < 0.5) for p in positions]
     assert any(dropped) and not all(dropped)
     for step in (0, 1):
         batch = trainer.batch(step, 0)

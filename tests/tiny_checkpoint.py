@@ -18,7 +18,10 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from vmix_train.checkpoint import SD1_ORIGINAL_CONFIG, sdxl_original_config
+from vmix_ext.adapter import Dimension
+from vmix_train.checkpoint import SD1_ORIGINAL_CONFIG, load_single_file, sdxl_original_config
+from vmix_train.config import RunConfig, TrainingOptions
+from vmix_train.dataset import load_dataset
 
 # The two dimensions of the trainer tests' run configs, as TOML tables.
 DIMENSIONS_TOML = """
@@ -32,6 +35,18 @@ name = "lighting"
 positive = "natural lighting"
 negative = "sks2"
 """
+TWO_DIMENSIONS = (Dimension("light", "natural lighting", "sks1"), Dimension("color", "vivid colour", "sks2"))
+# A tiny run's [train]: 16-px images in 8-px buckets up to 3:1 (8x24, 16x16, 24x8), no sample grids.
+TINY_OPTIONS = TrainingOptions(
+    steps=2,
+    batch_size=2,
+    resolution=16,
+    bucket_step=8,
+    bucket_max_aspect=3.0,
+    learning_rate=1e-3,
+    sample_count=0,
+    num_workers=0,
+)
 CONTEXT_DIM = 768  # SD 1.x's width, so the family is recognised as it is for real checkpoints
 _LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
 UNET_PARAMS = {
@@ -232,3 +247,15 @@ def open_clip_state(
             out[f"{block}mlp.c_fc.{part}"] = weights[f"{layer}mlp.fc1.{part}"]
             out[f"{block}mlp.c_proj.{part}"] = weights[f"{layer}mlp.fc2.{part}"]
     return {prefix + k: v for k, v in out.items()}
+
+
+def tiny_trainer(model: tuple[Path, Path], data: Path, out: Path, options: TrainingOptions = TINY_OPTIONS, **config):
+    """A Trainer for the tiny SD 1.x checkpoint ``model`` = (checkpoint, tokenizer folder) on the dataset ``data``
+    (dimensions ``TWO_DIMENSIONS``), writing to ``out``; ``config``: other RunConfig fields."""
+    from vmix_train.loop import Trainer
+
+    checkpoint, tokenizer = model
+    base = load_single_file(checkpoint, original_config=original_config(), tokenizer=tokenizer)
+    run = RunConfig(checkpoint, data, out, TWO_DIMENSIONS, options, **config)
+    examples = load_dataset(data, [d.name for d in TWO_DIMENSIONS])
+    return Trainer(run, base, examples, device="cpu", progress=False, log=lambda _: None)

@@ -1,6 +1,5 @@
-"""The VMix trainer (in progress): makes adapter files in the format of docs/weights-format.md.
+"""The VMix trainer: makes adapter files in the format of docs/weights-format.md (see docs/training.md).
 
-Unlike ``vmix_ext`` this package may use training-only dependencies (Pillow now; the model implementation later).
-So far it holds the run configuration, the dataset checker, the AesEmb computation and the training step; checkpoint
-loading, the training loop (resume, samples, progress) and the command line are not written yet.
+Unlike ``vmix_ext`` this package may use training-only dependencies (diffusers, transformers, Pillow; tensorboard
+optionally). ``python -m vmix_train`` trains from a run config; ``python -m vmix_train.toy`` is the proof of mechanism.
 """

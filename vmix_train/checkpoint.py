@@ -158,6 +158,26 @@ def load_single_file(
     """
     path = Path(path)
     checkpoint = _read_checkpoint(path)
+    try:
+        return _build(checkpoint, path, original_config, tokenizer, clip_skip, text_encoder_heads, prediction)
+    except CheckpointError:
+        raise
+    except (KeyError, IndexError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
+        # A file with the right markers but parts missing or malformed (a pruned or merged file gone wrong).
+        raise CheckpointError(
+            path, f"is not a complete checkpoint this trainer can load ({type(exc).__name__}: {exc})"[:600]
+        ) from None
+
+
+def _build(
+    checkpoint: dict[str, torch.Tensor],
+    path: Path,
+    original_config: str | Path | dict[str, Any] | None,
+    tokenizer: str | Path | None,
+    clip_skip: int,
+    text_encoder_heads: int | None,
+    prediction: str | None,
+) -> BaseModel:
     family = detect_family(checkpoint, path)
     if family == "sdxl_refiner":
         raise CheckpointError(

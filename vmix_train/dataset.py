@@ -14,6 +14,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from vmix_train.images import upright_size
+
 METADATA = "metadata.jsonl"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 _SHOWN = 20
@@ -35,6 +37,7 @@ class Example:
     image: Path
     caption: str
     labels: tuple[float, ...]  # 1.0 = yes, 0.0 = no, in the order of the run's dimensions
+    size: tuple[int, int] = (0, 0)  # (width, height) as shown (EXIF orientation applied); (0, 0) = not read yet
 
 
 def load_dataset(folder: str | Path, dimensions: Sequence[str]) -> list[Example]:
@@ -46,7 +49,13 @@ def load_dataset(folder: str | Path, dimensions: Sequence[str]) -> list[Example]
     problems: list[str] = []
     examples: list[Example] = []
     listed: set[str] = set()
-    for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = metadata.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(folder, [f"{METADATA} is not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except OSError as exc:
+        raise DatasetError(folder, [f"{METADATA} cannot be read ({exc.strerror or exc})"]) from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{METADATA} line {number}"
@@ -88,17 +97,22 @@ def _example(
         problems.append(f"{name}: missing caption")
     labels = _labels(name, entry.get("labels", {}), dimensions, problems)
     path = folder / name
+    size = (0, 0)
     if not path.is_file():
         problems.append(f"{name}: file not found")
     else:
         try:
             with Image.open(path) as image:
-                image.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+                image.verify()  # must come first: it needs the file as just opened
+            with Image.open(path) as image:
+                size = upright_size(image)
+        except Image.DecompressionBombError as exc:
+            problems.append(f"{name}: too large to train on ({exc})")
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             problems.append(f"{name}: unreadable image ({exc})")
     if len(problems) > found:
         return None
-    return Example(path, caption.strip(), labels)
+    return Example(path, caption.strip(), labels, size)
 
 
 def _labels(name: str, raw: object, dimensions: Sequence[str], problems: list[str]) -> tuple[float, ...]:

@@ -1,9 +1,11 @@
-"""The training loop: batches, gradient accumulation, mixed precision, checkpoints, resume, samples, loss curve.
+"""The training loop: batches, gradient accumulation, mixed precision, the learning-rate schedule, clipping, EMA,
+checkpoints, resume, samples, the loss curve and TensorBoard events.
 
-Every random choice that depends on the data (the epoch's order, caption dropout, the noise and timestep of each
-image) is drawn from a generator seeded by the run's seed and the image's position in the run, not from a running
-random state. A resumed run therefore continues exactly where the killed one stopped, with nothing to restore but the
-weights, the optimizer and the step; and the stream of batches does not depend on how many processes share it.
+Every random choice that depends on the data (the order of the steps, caption dropout, the latent drawn from the
+VAE, the noise and timestep of each image) is drawn from a generator seeded by the run's seed and the image's
+position in the run, not from a running random state, and the learning rate is a function of the step. A resumed
+run therefore continues exactly where the killed one stopped, with nothing to restore but the weights, the
+optimizer, the EMA and the step; and the stream of batches does not depend on how many processes share it.
 """
 
 from __future__ import annotations
@@ -11,32 +13,38 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from vmix_ext.adapter import VMixAdapter
 from vmix_ext.weights import save_adapter
 from vmix_train.config import RunConfig, TrainingOptions
+from vmix_train.data import Item, TrainingData
 from vmix_train.dataset import Example
 from vmix_train.distributed import World, agree, barrier, mean_across
+from vmix_train.ema import WeightAverage
 from vmix_train.embeddings import aesthetic_embeddings
+from vmix_train.errors import TrainingError
+from vmix_train.events import EventLog
+from vmix_train.files import give_normal_permissions
 from vmix_train.lora import LoraSet, webui_layout_problem
 from vmix_train.model import BaseModel
 from vmix_train.plot import save_loss_curve
-from vmix_train.sampling import grid, sample
+from vmix_train.sampling import sample, sheet_of_rows, to_pil
+from vmix_train.schedule import lr_factor
 from vmix_train.state import STATE_FILE, TrainingState, fingerprint_differences, load_state, save_state
 from vmix_train.step import Batch, VMixTrainingStep
+from vmix_train.streams import stream
+
+__all__ = ["Trainer", "TrainingError", "make_optimizer", "stream"]
 
 PRECISION = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-_STREAMS = {"order": 1, "dropout": 2, "noise": 3, "latent": 4}  # separate seeds for separate decisions
-
-
-class TrainingError(RuntimeError):
-    pass
+SAVE_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DATA_ORDER = 2  # how positions map to images (2: a bucket per step); a state from another order is another run
 
 
 class Trainables(torch.nn.Module):
@@ -53,35 +61,14 @@ class Trainables(torch.nn.Module):
         return self.adapter(strengths)
 
 
-def stream(seed: int, kind: str, index: int) -> torch.Generator:
-    """A generator for one decision about one image (or epoch); the same inputs always give the same numbers."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + _STREAMS[kind]) * 2_147_483_647 + index)
-
-
-def load_image(path: Path, size: int) -> tuple[torch.Tensor, tuple[int, int, int, int, int, int]]:
-    """RGB in [-1, 1], (3, size, size): the shorter side resized to ``size``, then the centre cut out; and SDXL's
-    size conditioning for it: (original height, original width, crop top, crop left, size, size), the crop's
-    corner counted in the resized image, as SDXL was trained (sgm's original_size_as_tuple, crop_coords_top_left
-    and target_size_as_tuple)."""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        original = (image.height, image.width)
-        scale = size / min(image.size)
-        resized = image.resize(
-            (max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.Resampling.BICUBIC
-        )
-    left, top = (resized.width - size) // 2, (resized.height - size) // 2
-    crop = resized.crop((left, top, left + size, top + size))
-    pixels = torch.frombuffer(bytearray(crop.tobytes()), dtype=torch.uint8).reshape(size, size, 3)
-    return pixels.permute(2, 0, 1).float() / 127.5 - 1, (*original, top, left, size, size)
-
-
 class Trainer:
     """Trains one VMix adapter on ``base`` (frozen) from ``examples``; ``run()`` writes the files to the output folder.
 
     Output folder: ``<name>.safetensors`` (the adapter, for models/VMix), ``<name>-step<N>.safetensors`` snapshots,
-    ``training-state.safetensors`` (for resuming), ``samples/step-<N>.png`` (VMix off | on), ``loss.png``; with
-    ``lora_rank`` > 0 also ``<name>-lora.safetensors`` (a standard LoRA file, for models/Lora) and its snapshots.
+    ``training-state.safetensors`` (for resuming), ``samples/step-<N>.png`` (VMix off | on), ``loss.png``, and with
+    ``[output] tensorboard`` the event files in ``logs/``; with ``lora_rank`` > 0 also ``<name>-lora.safetensors``
+    (a standard LoRA file, for models/Lora) and its snapshots. With ``ema_decay`` > 0 the adapter files (and the
+    samples) hold the EMA of the trained weights.
     """
 
     def __init__(
@@ -96,7 +83,7 @@ class Trainer:
         world: World | None = None,
     ) -> None:
         self.config = config
-        # learning_rate and resolution 0 become the family's: 1e-5 and 1024 for SDXL, …
+        # learning_rate, resolution and the bucket sides 0 become the family's: 1e-5 and 1024 for SDXL, …
         self.options = config.train.for_model(base.family, base.scheduler.config.prediction_type)
         self.base = base
         self.examples = list(examples)
@@ -110,8 +97,22 @@ class Trainer:
             raise TrainingError('mixed_precision = "fp16" needs a CUDA GPU; use "bf16" or "no" on this device')
         if not self.examples:
             raise TrainingError("the dataset is empty")
+        # Planned before the models move: the cache keys hash the VAE's weights where they are (the CPU).
+        self.data = TrainingData(
+            self.examples,
+            base,
+            self.options,
+            global_batch=self.global_batch,
+            dataset_folder=config.dataset,
+            cache_folder=config.cache_folder,
+            world=self.world,
+            device=self.device,
+            text_dtype=self.precision or torch.float32,
+            progress=self.progress,
+            log=self.log,
+        )
         # The frozen UNet and text encoder run in the mixed-precision dtype (half the memory); the VAE stays in
-        # float32 (SD's VAE overflows in fp16) and only runs once per image, its latents being cached.
+        # float32 (SD's VAE overflows in fp16).
         base.freeze()
         for module in (base.unet, *base.text_encoders):
             _move(module, self.device, self.precision or torch.float32)
@@ -144,10 +145,16 @@ class Trainer:
         self.trainable = {name: p for name, p in self.trainables.named_parameters() if p.requires_grad}
         self.optimizer = make_optimizer(list(self.trainable.values()), self.options)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision is torch.float16 else None
+        # The EMA lives in the main process only: it alone saves adapters and draws samples.
+        self.ema: WeightAverage | None = None
+        if self.options.ema_decay and self.world.is_main:
+            self.ema = WeightAverage(self.trainable, self.options.ema_decay)
         self.losses: list[float] = []
         self.step = 0
-        self._latents: dict[int, torch.Tensor] = {}
-        self._sizes: dict[int, tuple[int, ...]] = {}  # each image's SDXL size conditioning (``load_image``)
+        self.last_lr = 0.0  # the learning rate of the last optimizer step
+        self.last_grad_norm = 0.0  # the total gradient norm of the last step, before clipping
+        self.events: EventLog | None = None
+        self._feed: Iterator[Any] | None = None  # the uncached path's decoded micro-batches, in training order
         self.on_step: Callable[[int], None] | None = None  # called after each optimizer step (tests, monitors)
 
     def _accumulation(self) -> int:
@@ -181,20 +188,36 @@ class Trainer:
     def lora_path(self) -> Path:
         return self.output_dir / f"{self.config.adapter_name}-lora.safetensors"
 
+    @property
+    def save_dtype(self) -> torch.dtype:
+        return SAVE_DTYPE[self.options.save_dtype]
+
+    def saved_weights(self) -> contextlib.AbstractContextManager[None]:
+        """Inside the block the modules hold what the files get: the EMA when the run keeps one."""
+        if self.ema is None:
+            return contextlib.nullcontext()
+        return self.ema.applied(self.trainable)
+
+    def write_adapter(self, path: Path) -> None:
+        try:
+            save_adapter(self.adapter, path, self.training_facts(), dtype=self.save_dtype)
+        except ValueError as exc:  # the writer refuses what the extension could not use (e.g. fp16 overflow)
+            raise TrainingError(f"the adapter could not be saved to {path}: {exc}") from None
+        give_normal_permissions(path)
+
     def save_lora(self, path: Path) -> None:
         if self.lora is None:
             return
-        self.lora.save(
-            path,
-            {
-                "ss_output_name": path.stem,
-                "ss_sd_model_name": self.base.name,
-                "ss_resolution": f"({self.options.resolution}, {self.options.resolution})",
-                "ss_clip_skip": str(self.base.clip_skip),
-                "ss_steps": str(self.step),
-                "vmix_adapter": self.adapter_path.name,  # the VMix adapter trained together with this LoRA
-            },
-        )
+        size = f"({self.options.resolution}, {self.options.resolution})"
+        metadata = {
+            "ss_output_name": path.stem,
+            "ss_sd_model_name": self.base.name,
+            "ss_resolution": size,
+            "ss_clip_skip": str(self.base.clip_skip),
+            "ss_steps": str(self.step),
+            "vmix_adapter": self.adapter_path.name,  # the VMix adapter trained together with this LoRA
+        }
+        self.lora.save(path, metadata, dtype=self.save_dtype)
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
@@ -205,6 +228,8 @@ class Trainer:
             "images": len(self.examples),
             "global_batch": self.global_batch,  # how it is split over processes and micro-batches may change
             "resolution": o.resolution,
+            "buckets": [[b.width, b.height] for b in self.data.buckets],
+            "data_order": DATA_ORDER,
             "seed": o.seed,
             "lora_rank": o.lora_rank,
             "clip_skip": self.base.clip_skip,
@@ -213,7 +238,7 @@ class Trainer:
 
     def training_facts(self) -> dict[str, Any]:
         o = self.options
-        return {
+        facts = {
             "steps": self.step,
             "base_checkpoint": self.base.name,
             "base_hash": self.base.hash,
@@ -221,26 +246,54 @@ class Trainer:
             "images": len(self.examples),
             "batch_size": self.global_batch,
             "learning_rate": o.learning_rate,
+            "lr_scheduler": o.lr_scheduler,
             "resolution": o.resolution,
+            "buckets": len(self.data.buckets) if o.buckets else 0,
             "clip_skip": self.base.clip_skip,
         }
+        if self.ema is not None:
+            facts["ema_decay"] = o.ema_decay
+        return facts
+
+    def snapshot_path(self, kind: str, step: int) -> Path:
+        """``kind`` "" for the adapter's snapshots, "-lora" for the LoRA's."""
+        return self.output_dir / f"{self.config.adapter_name}{kind}-step{step:06d}.safetensors"
 
     def save_checkpoint(self) -> None:
         """The adapter snapshot, then the training state; each written atomically, by the main process only."""
         if not self.world.is_main:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        snapshot = self.output_dir / f"{self.config.adapter_name}-step{self.step:06d}.safetensors"
-        save_adapter(self.adapter, snapshot, self.training_facts())
-        self.save_lora(self.output_dir / f"{self.config.adapter_name}-lora-step{self.step:06d}.safetensors")
+        with self.saved_weights():
+            self.write_adapter(self.snapshot_path("", self.step))
+            if self.lora is not None:
+                self.save_lora(self.snapshot_path("-lora", self.step))
         state = TrainingState(
             step=self.step,
             weights={name: p.detach() for name, p in self.trainable.items()},
             optimizer=self.optimizer.state_dict(),
             losses=list(self.losses),
             fingerprint=self.fingerprint(),
+            ema=dict(self.ema.shadow) if self.ema is not None else None,
+            ema_updates=self.ema.updates if self.ema is not None else 0,
         )
         save_state(state, self.output_dir / STATE_FILE)
+        self.drop_old_snapshots()
+
+    def drop_old_snapshots(self) -> None:
+        """With ``keep_snapshots`` N > 0: only the last N snapshots of the adapter (and of the LoRA) stay."""
+        keep = self.options.keep_snapshots
+        if not keep:
+            return
+        for kind in ("", "-lora"):
+            pattern = re.compile(re.escape(f"{self.config.adapter_name}{kind}-step") + r"(\d{6,})\.safetensors")
+            steps = sorted(
+                int(match.group(1))
+                for path in self.output_dir.iterdir()
+                if (match := pattern.fullmatch(path.name)) is not None
+            )
+            for step in steps[:-keep]:
+                self.snapshot_path(kind, step).unlink(missing_ok=True)
 
     def resume(self) -> bool:
         """Continue from the output folder's training state, if there is one. Refuses a state from another run."""
@@ -257,10 +310,22 @@ class Trainer:
         missing = sorted(set(self.trainable) - set(state.weights))
         if missing:
             raise TrainingError(f"'{path}' lacks trainable weights {missing[:3]}; delete it to start afresh")
-        with torch.no_grad():
-            for name, param in self.trainable.items():
-                param.copy_(state.weights[name])
-        self.optimizer.load_state_dict(state.optimizer)
+        try:
+            with torch.no_grad():
+                for name, param in self.trainable.items():
+                    param.copy_(state.weights[name])
+            self.optimizer.load_state_dict(state.optimizer)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise TrainingError(f"'{path}' does not fit this run ({exc}); delete it to start afresh") from None
+        if self.ema is not None:
+            if state.ema is None:
+                self.log("[VMix] the saved run kept no EMA; the EMA starts from the resumed weights")
+                self.ema = WeightAverage(self.trainable, self.options.ema_decay)
+            else:
+                try:
+                    self.ema.load(state.ema, state.ema_updates)
+                except (KeyError, RuntimeError) as exc:
+                    raise TrainingError(f"'{path}' has an EMA that does not fit this run ({exc})") from None
         self.step = state.step
         self.losses = list(state.losses)
         self.log(f"[VMix] resuming at step {self.step} from {path}")
@@ -268,56 +333,38 @@ class Trainer:
 
     # -- data --------------------------------------------------------------------------------------------------
 
-    def example_index(self, position: int) -> int:
-        """The image at ``position`` in the run's stream: epochs in a seeded order, each image once per epoch."""
-        count = len(self.examples)
-        epoch, offset = divmod(position, count)
-        order = torch.randperm(count, generator=stream(self.options.seed, "order", epoch))
-        return int(order[offset])
-
-    def latent(self, index: int) -> torch.Tensor:
-        cached = self._latents.get(index)
-        if cached is None:
-            image, self._sizes[index] = load_image(self.examples[index].image, self.options.resolution)
-            pixels = image.unsqueeze(0)
-            if self.base.vae is None:
-                cached = pixels[0]
-            else:
-                posterior = self.base.vae.encode(pixels.to(self.device)).latent_dist
-                generator = stream(self.options.seed, "latent", index)
-                noise = torch.randn(posterior.mean.shape, generator=generator).to(self.device)
-                cached = (posterior.mean + posterior.std * noise)[0] * self.base.vae.config.scaling_factor
-                cached = cached.cpu()
-            self._latents[index] = cached
-        return cached
+    def items(self, step: int, micro: int) -> list[Item]:
+        """This process's micro-batch ``micro`` of optimizer step ``step``: (position in the run, example index)."""
+        return self.data.items(step, micro, self.options.batch_size)
 
     def batch(self, step: int, micro: int) -> Batch:
-        """This process's micro-batch ``micro`` of optimizer step ``step``. Step s covers the stream positions
-        [s·G, (s+1)·G) for the global batch G, whatever the number of processes, so runs with 1 or n processes and
-        the same G see the same images with the same noise."""
+        """This process's micro-batch ``micro`` of optimizer step ``step``, every random choice drawn from the seed
+        and the image's position in the run."""
         o = self.options
-        chunk = micro * self.world.size + self.world.rank
-        first = step * self.global_batch + chunk * o.batch_size
-        positions = range(first, first + o.batch_size)
-        indices = [self.example_index(p) for p in positions]
+        items = self.items(step, micro)
+        pixels = None
+        if self._feed is not None:  # the uncached path: decoded ahead by the DataLoader's workers
+            tag, indices, pixels = next(self._feed)
+            if tag != (step, micro) or indices != [index for _, index in items]:
+                raise RuntimeError(f"the image feed is out of step: {tag} arrived for {(step, micro)}")
         captions = []
-        for position, index in zip(positions, indices, strict=True):
+        for position, index in items:
             drop = torch.rand((), generator=stream(o.seed, "dropout", position)) < o.caption_dropout
             captions.append("" if drop else self.examples[index].caption)
         with torch.no_grad():
-            latents = torch.stack([self.latent(i) for i in indices])
+            latents = self.data.latents(items, pixels)
         noise, timesteps = [], []
         steps = self.base.scheduler.config.num_train_timesteps
-        for position in positions:
+        for position, _ in items:
             generator = stream(o.seed, "noise", position)
             noise.append(torch.randn(latents.shape[1:], generator=generator))
             timesteps.append(torch.randint(0, steps, (), generator=generator))
         dtype = self.precision or torch.float32
-        text = self.base.encode(captions, zero_empty=True)  # dropped captions: SDXL's empty conditioning is zeros
+        text = self.data.texts(captions)
+        indices = [index for _, index in items]
         added = None
-        if text.pooled is not None:  # SDXL: the pooled text and each image's size and crop
-            sizes = torch.tensor([self._sizes[i] for i in indices], dtype=torch.float32, device=self.device)
-            added = {"text_embeds": text.pooled, "time_ids": sizes}
+        if text.pooled is not None:  # SDXL: the pooled text and each image's size and crop in its bucket
+            added = {"text_embeds": text.pooled, "time_ids": self.data.time_ids(indices).to(self.device)}
         return Batch(
             latents=latents.to(self.device, dtype),
             context=text.context,
@@ -354,14 +401,32 @@ class Trainer:
             total += loss.item()
         return mean_across(total, self.world, self.device)
 
+    def learning_rate(self, step: int) -> float:
+        """The rate of update number ``step`` (from 0): warm-up, then the schedule (``schedule.lr_factor``)."""
+        o = self.options
+        return o.learning_rate * lr_factor(step, o.steps, o.lr_warmup_steps, o.lr_scheduler)
+
     def apply_gradients(self, loss: float) -> None:
-        """The optimizer step for the accumulated gradients, which are then cleared; ``loss`` goes in the history."""
+        """The optimizer step for the accumulated gradients (clipped to ``max_grad_norm``, at the scheduled rate),
+        which are then cleared; the EMA takes the new weights in; ``loss`` goes in the history."""
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        params = list(self.trainable.values())
+        limit = self.options.max_grad_norm or float("inf")
+        # g ← g·min(1, limit / (‖g‖ + 1e-6)); with no limit the factor is exactly 1. Under DDP every process holds
+        # the same averaged gradients, so every process clips alike.
+        self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+        self.last_lr = self.learning_rate(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.last_lr
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.trainable)
         self.step += 1
         self.losses.append(loss)
 
@@ -381,51 +446,110 @@ class Trainer:
                 f"{self.output_dir} must be one folder that every machine sees (a shared filesystem)"
             )
         o = self.options
+        self.describe_data()
+        self.open_data()
+        if self.config.tensorboard and self.world.is_main:
+            self.events = EventLog(self.output_dir / "logs", purge_step=self.step)
         bar = _progress_bar(o.steps, self.step, self.progress)
         try:
             while self.step < o.steps:
-                self.train_step()
+                loss = self.train_step()
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(self.losses[-20:]) / len(self.losses[-20:]):.4f}")
+                if self.events is not None:
+                    values = {"loss": loss, "learning_rate": self.last_lr, "grad_norm": self.last_grad_norm}
+                    self.events.scalars(self.step, values)
                 if self.step % o.save_every == 0 or self.step == o.steps:
                     self.save_checkpoint()
-                if o.sample_count and self.step % o.sample_every == 0 and self.world.is_main:
+                    if self.events is not None:
+                        self.events.flush()
+                if self.world.is_main and self.step % o.sample_every == 0 and self.sample_prompts():
                     self.save_samples()
                 if self.on_step is not None:
                     self.on_step(self.step)
         finally:
             bar.close()
+            self.close_data()
             self.step_fn.close()
+            if self.events is not None:
+                self.events.close()
+                self.events = None
             if self.lora is not None:
                 self.lora.detach()
         if self.world.is_main:
-            save_adapter(self.adapter, self.adapter_path, self.training_facts())
+            with self.saved_weights():
+                self.write_adapter(self.adapter_path)
+                if self.lora is not None:
+                    self.save_lora(self.lora_path)
             save_loss_curve(self.losses, self.output_dir / "loss.png")
             self.log(f"[VMix] adapter written to {self.adapter_path}; copy it into the WebUI's models/VMix folder")
             if self.lora is not None:
-                self.save_lora(self.lora_path)
                 self.log(f"[VMix] LoRA written to {self.lora_path}; copy it into models/Lora, use it with the adapter")
         barrier(self.world)
         return self.adapter_path
 
-    def save_samples(self) -> Path:
-        """A grid with one row per sample caption: VMix off | VMix on (every dimension, λ = 1); same seeds."""
+    def open_data(self) -> None:
+        """Fill the cache with what it lacks; without a cache, start the workers decoding from the current step."""
+        self.data.prepare()
+        if self.data.store is None:
+            o = self.options
+            self._feed = self.data.feed(self.step, o.steps, self.accumulation, o.batch_size)
+
+    def close_data(self) -> None:
+        self._feed = None  # the DataLoader's iterator stops its workers when it goes
+
+    def describe_data(self) -> None:
+        counts = self.data.bucket_counts()
+        if len(self.data.buckets) > 1:
+            shown = ", ".join(f"{b.label} ({n})" for b, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+            self.log(f"[VMix] {len(counts)} of {len(self.data.buckets)} buckets in use: {shown}")
+        small = [self.data.buckets[b].label for b in self.data.plan.repeated()]
+        if small:
+            self.log(
+                f"[VMix] bucket(s) {', '.join(small[:8])} hold fewer images than the global batch "
+                f"({self.global_batch}): their steps repeat images"
+            )
+
+    # -- samples -----------------------------------------------------------------------------------------------
+
+    def sample_prompts(self) -> list[tuple[str, tuple[float, ...] | None, int, str, tuple[int, int]]]:
+        """The grid's rows: (prompt, strengths, seed, negative prompt, (width, height)). The sample-prompts file's,
+        or the first ``sample_count`` captions with every dimension on, seeds 0, 1, …"""
+        side = self.options.resolution
+        if self.config.sample_prompts is not None:
+            return [
+                (p.text, p.strengths, p.seed, p.negative, (p.width or side, p.height or side))
+                for p in self.config.sample_prompts
+            ]
         count = min(self.options.sample_count, len(self.examples))
-        prompts = [e.caption for e in self.examples[:count]]
-        seeds = list(range(count))
-        settings = {
-            "size": self.options.resolution,
-            "steps": self.options.sample_steps,
-            "guidance": self.options.sample_guidance,
-        }
+        return [(e.caption, None, seed, "", (side, side)) for seed, e in enumerate(self.examples[:count])]
+
+    def save_samples(self) -> Path:
+        """A grid with one row per sample prompt: VMix off | VMix on (its dimensions, λ = 1); the same seed. Rows that
+        share size, dimensions and negative prompt are sampled together."""
+        rows = self.sample_prompts()
+        settings = {"steps": self.options.sample_steps, "guidance": self.options.sample_guidance}
         self.step_fn.close()  # the training hooks must not add their last batch's values to the samples
-        with self.autocast():
-            off = sample(self.base, prompts, seeds, **settings)
-            on = sample(self.base, prompts, seeds, adapter=self.adapter, **settings)
+        tiles: list[list[Any]] = [[] for _ in rows]
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for number, (_, strengths, _, negative, size) in enumerate(rows):
+            groups.setdefault((strengths, negative, size), []).append(number)
+        with self.saved_weights(), self.autocast():
+            for (strengths, negative, size), numbers in groups.items():
+                prompts = [rows[n][0] for n in numbers]
+                seeds = [rows[n][2] for n in numbers]
+                common = {"size": size, "negative_prompt": negative, **settings}
+                off = sample(self.base, prompts, seeds, **common)
+                on = sample(self.base, prompts, seeds, adapter=self.adapter, strengths=strengths, **common)
+                for n, image_off, image_on in zip(numbers, to_pil(off), to_pil(on), strict=True):
+                    tiles[n] = [image_off, image_on]
+        sheet = sheet_of_rows(tiles)
         folder = self.output_dir / "samples"
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"step-{self.step:06d}.png"
-        grid([off, on]).save(path)
+        sheet.save(path)
+        if self.events is not None:
+            self.events.image("samples (VMix off | on)", self.step, sheet)
         return path
 
 

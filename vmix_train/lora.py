@@ -19,7 +19,6 @@ File layout, as the hosts read it: ``lora_unet_<diffusers module path, '.' -> '_
 from __future__ import annotations
 
 import math
-import os
 import re
 import weakref
 from collections.abc import Mapping
@@ -28,10 +27,12 @@ from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
+
+from vmix_train.files import save_safetensors
 
 PREFIX = "lora_unet_"  # kohya's prefix for UNet modules (text-encoder ones would be lora_te_)
 DOWN = "lora_down.weight"
@@ -284,16 +285,7 @@ class LoraSet(nn.Module):
         wrong = [k for k, v in extra.items() if not isinstance(k, str) or not isinstance(v, str)]
         if wrong:
             raise ValueError(f"LoRA metadata must map strings to strings; {wrong[0]!r} does not")
-        tensors = self.tensors(dtype)
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            save_file(tensors, str(tmp), metadata={**extra, **self.metadata()})
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return path
+        return save_safetensors(self.tensors(dtype), path, {**extra, **self.metadata()})
 
     @classmethod
     def load(cls, path: str | Path, unet: nn.Module) -> LoraSet:

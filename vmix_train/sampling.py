@@ -18,7 +18,7 @@ def sample(
     base: BaseModel,
     prompts: Sequence[str],
     seeds: Sequence[int],
-    size: int,
+    size: int | tuple[int, int],
     *,
     adapter: VMixAdapter | None = None,
     strengths: Strengths = None,
@@ -27,7 +27,8 @@ def sample(
     guidance: float = 7.5,
     negative_prompt: str = "",
 ) -> torch.Tensor:
-    """Images in [-1, 1], (len(prompts), 3, size, size); one seed per prompt (the same noise with VMix off and on).
+    """Images in [-1, 1], (len(prompts), 3, height, width); one seed per prompt (the same noise with VMix off and
+    on). ``size``: a square's side, or (width, height).
 
     With ``adapter`` every row, conditional and unconditional, gets λ·V_a (the paper's formula, the extension's
     default). ``guidance`` 1 skips the unconditional pass.
@@ -39,11 +40,9 @@ def sample(
     device = base.device
     scheduler = DDIMScheduler.from_config(base.scheduler.config, clip_sample=False, set_alpha_to_one=False)
     scheduler.set_timesteps(steps)
-    side = size // base.latent_scale
-    noise = [
-        torch.randn(base.latent_channels, side, side, generator=torch.Generator().manual_seed(int(seed)))
-        for seed in seeds
-    ]
+    width, height = (size, size) if isinstance(size, int) else size
+    shape = (base.latent_channels, height // base.latent_scale, width // base.latent_scale)
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
     latents = torch.stack(noise).to(device, base.dtype) * scheduler.init_noise_sigma
     texts = [base.encode(list(prompts))]
     if guidance != 1:
@@ -52,7 +51,7 @@ def sample(
     added = None
     if texts[0].pooled is not None:  # SDXL: pooled text, and the image's size uncropped (sgm's defaults)
         pooled = torch.cat([text.pooled for text in texts if text.pooled is not None]).to(base.dtype)
-        sizes = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32, device=device)
+        sizes = torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32, device=device)
         added = {"text_embeds": pooled, "time_ids": sizes.expand(pooled.shape[0], -1)}
     mixer = None
     if adapter is not None:
@@ -81,9 +80,19 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 def grid(columns: Sequence[torch.Tensor], gap: int = 2) -> Image.Image:
     """One column per tensor (each (rows, 3, H, W)), rows side by side, with a white gap."""
     tiles = [to_pil(column) for column in columns]
-    rows, width, height = len(tiles[0]), tiles[0][0].width, tiles[0][0].height
-    sheet = Image.new("RGB", (len(tiles) * (width + gap) - gap, rows * (height + gap) - gap), "white")
-    for c, column in enumerate(tiles):
-        for r, tile in enumerate(column):
-            sheet.paste(tile, (c * (width + gap), r * (height + gap)))
+    return sheet_of_rows([list(row) for row in zip(*tiles, strict=True)], gap)
+
+
+def sheet_of_rows(rows: Sequence[Sequence[Image.Image]], gap: int = 2) -> Image.Image:
+    """Rows of tiles, each row as tall as its tallest tile, with white gaps; the rows may differ in size."""
+    widths = [sum(tile.width for tile in row) + gap * (len(row) - 1) for row in rows]
+    heights = [max(tile.height for tile in row) for row in rows]
+    sheet = Image.new("RGB", (max(widths), sum(heights) + gap * (len(rows) - 1)), "white")
+    top = 0
+    for row, height in zip(rows, heights, strict=True):
+        left = 0
+        for tile in row:
+            sheet.paste(tile, (left, top))
+            left += tile.width + gap
+        top += height + gap
     return sheet

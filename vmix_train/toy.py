@@ -30,6 +30,7 @@ from vmix_train.dataset import load_dataset
 from vmix_train.loop import Trainer
 from vmix_train.model import BaseModel
 from vmix_train.sampling import grid, sample
+from vmix_train.streams import MAX_SEED, SEED_RANGE, derived_seed
 
 CAPTION = "a colour swatch"
 DIMENSIONS = (
@@ -137,7 +138,7 @@ def build_base(settings: ToySettings) -> BaseModel:
 
 def train_base(base: BaseModel, images: torch.Tensor, settings: ToySettings, log: Callable[[str], None]) -> None:
     """Plain diffusion training of the whole UNet on the swatches, all with the same caption."""
-    generator = torch.Generator().manual_seed(settings.seed + 1)
+    generator = torch.Generator().manual_seed(derived_seed(settings.seed, "toy-base-training"))
     context = base.encode_text([CAPTION]).expand(settings.batch, -1, -1)
     scheduler = base.scheduler
     optimizer = torch.optim.AdamW(base.unet.parameters(), settings.base_lr)
@@ -236,7 +237,10 @@ def run_toy(out: str | Path, settings: ToySettings = ToySettings(), log: Callabl
         save_every=settings.adapter_steps,
         sample_every=settings.adapter_steps,
         resolution=settings.size,
+        buckets=False,  # square swatches
+        max_grad_norm=0.0,  # as the demo was tuned: unclipped
         sample_count=0,
+        num_workers=0,  # the swatches are tiny: decoding them in the training process is faster
     )
     config = RunConfig(
         checkpoint=out / "toy-base",
@@ -273,11 +277,21 @@ def report(result: ToyResult) -> str:
     return "\n".join(lines)
 
 
+def seed_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {SEED_RANGE}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vmix_train.toy", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="toy-run", help="folder for the dataset, adapter and grid (default toy-run)")
     parser.add_argument("--quick", action="store_true", help="the smaller run the test suite uses")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_number, default=0, help=f"{SEED_RANGE} (default 0)")
     args = parser.parse_args(argv)
     settings = replace(QUICK if args.quick else ToySettings(), seed=args.seed)
     print(report(run_toy(args.out, settings)))
