@@ -577,3 +577,15 @@ def test_a_run_refuses_values_that_overflow_the_unets_dtype_before_any_step(tmp_
     louder = VMixSettings(enabled=True, adapter="loud", scale=0.5, output_scale=2.0, dimensions=["color"])
     with pytest.raises(AdapterFileError, match="float16"):
         VMixRun(louder, library, "").check_fits(half)
+
+
+def test_written_adapters_get_the_users_umask_permissions(tmp_path, unet):
+    """safetensors' own writer makes 0600 files; an adapter is written as open() would write it under the umask."""
+    import os
+
+    old = os.umask(0o027)
+    try:
+        save_adapter(random_adapter(unet), tmp_path / "shared.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "shared.safetensors").stat().st_mode & 0o777 == 0o640

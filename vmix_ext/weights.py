@@ -39,6 +39,7 @@ from .adapter import (
 )
 from .families import FAMILY_CONTEXT_DIM, family_for_context_dim, family_label
 from .layers import layer_widths
+from .permissions import give_normal_permissions
 
 FORMAT_NAME = "vmix-adapter"
 FORMAT_VERSION = 1
@@ -207,6 +208,7 @@ def save_adapter(
             read_header(tmp)  # what only the written bytes can show, such as a header over the size limit
         except AdapterFileError as exc:
             raise AdapterFileError(path, f"{exc.problem}; nothing was written") from None
+        give_normal_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -1,5 +1,5 @@
 """Writing files the way users expect: atomically (a kill while saving leaves the old file whole) and with the
-permissions the user's umask gives (safetensors' writer creates files readable by their owner only, 0600)."""
+permissions the user's umask gives (``vmix_ext.permissions``)."""
 
 from __future__ import annotations
 
@@ -10,24 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-
-def current_umask() -> int:
-    """The process's umask, read without changing it where Linux shows it (/proc), else by setting it back."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def give_normal_permissions(path: str | os.PathLike[str]) -> None:
-    """rw for whom the umask allows (0644 with the usual 022), as a file made by ``open()`` would have."""
-    os.chmod(path, 0o666 & ~current_umask())
+from vmix_ext.permissions import give_normal_permissions
 
 
 def write_atomically(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:

@@ -30,7 +30,6 @@ from vmix_train.ema import WeightAverage
 from vmix_train.embeddings import aesthetic_embeddings
 from vmix_train.errors import TrainingError
 from vmix_train.events import EventLog
-from vmix_train.files import give_normal_permissions
 from vmix_train.lora import LoraSet, webui_layout_problem
 from vmix_train.model import BaseModel
 from vmix_train.plot import save_loss_curve
@@ -203,7 +202,6 @@ class Trainer:
             save_adapter(self.adapter, path, self.training_facts(), dtype=self.save_dtype)
         except ValueError as exc:  # the writer refuses what the extension could not use (e.g. fp16 overflow)
             raise TrainingError(f"the adapter could not be saved to {path}: {exc}") from None
-        give_normal_permissions(path)
 
     def save_lora(self, path: Path) -> None:
         if self.lora is None:
