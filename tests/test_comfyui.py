@@ -97,9 +97,10 @@ def test_node_classes_follow_the_comfyui_contract(comfy_root, sd1):
         assert cls.CATEGORY == "VMix"
         assert node_id in NODE_DISPLAY_NAME_MAPPINGS
         spec = cls.INPUT_TYPES()
-        assert set(spec) == {"required"}
+        assert set(spec) <= {"required", "optional"}
         function = getattr(cls(), cls.FUNCTION)
-        assert list(function.__code__.co_varnames[1 : function.__code__.co_argcount]) == list(spec["required"])
+        names = [*spec["required"], *spec.get("optional", {})]
+        assert list(function.__code__.co_varnames[1 : function.__code__.co_argcount]) == names
         assert len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES) == len(cls.OUTPUT_TOOLTIPS)
 
     loader = LoadVMixAdapter.INPUT_TYPES()["required"]
@@ -504,3 +505,32 @@ def test_comfyui_moves_and_loads_what_vmix_wraps():
     assert wrapped.moved_to == ["cuda:1", torch.float16]
     assert patch.models() == ["ip-adapter model"] and alias.models() == []
     assert VMixAttentionPatch(ValueMixer({}), "x", None).models() == []
+
+
+def test_block_multipliers_equal_a_per_block_eq9_and_default_to_one(comfy_root):
+    """The optional input/middle/output multipliers of λ (the web UI's per-block λ): equal to Eq. 9 with λ scaled per
+    part of the UNet; left out (a workflow saved before they existed), they are 1."""
+    unet, adapter = unet_and_adapter(1)
+    model = comfy_model(unet)
+    loaded = load_node(save(adapter, comfy_root))
+    optional = ApplyVMix.INPUT_TYPES()["optional"]
+    assert {name: spec[1]["default"] for name, spec in optional.items()} == {
+        "input_scale": 1.0,
+        "middle_scale": 1.0,
+        "output_scale": 1.0,
+    }
+    patched = ApplyVMix().apply(model, loaded, 0.8, "all", 0.0, 1.0, False, 0.5, 0.0, 2.0)[0]
+    x, t, context = unet_inputs(batch=2)
+    reference = literal_eq9_unet(unet, adapter, None, 0.8, blocks=(0.5, 0.0, 2.0))
+    with torch.no_grad():
+        expected = reference(x, t, context)
+    torch.testing.assert_close(unet_call(patched, x, t, context, [UNCOND, COND]), expected, atol=1e-5, rtol=0)
+    plain = ApplyVMix().apply(model, loaded, 0.8, "all", 0.0, 1.0, False)[0]
+    torch.testing.assert_close(
+        unet_call(plain, x, t, context, [UNCOND, COND]),
+        reference_output(unet, adapter, None, 0.8, x, t, context),
+        atol=1e-5,
+        rtol=0,
+    )
+    with pytest.raises(ValueError, match="block multipliers"):
+        ApplyVMix().apply(model, loaded, 0.8, "all", 0.0, 1.0, False, -1.0)

@@ -123,6 +123,7 @@ def apply(
     start_percent: float = 0.0,
     end_percent: float = 1.0,
     cond_only: bool = False,
+    blocks: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> Any:
     """A clone of ``model`` (a ComfyUI ModelPatcher) with VMix on every cross-attention layer; ``model`` itself is
     left as it was. Everything is checked before the clone is made, so a refused adapter leaves nothing behind."""
@@ -130,7 +131,9 @@ def apply(
     window = sigma_window(model, start_percent, end_percent)
     check_adapter_fits(loaded.adapter, diffusion_model(model), loaded.path)
     strengths = dimension_strengths(dimensions, loaded.dimension_names)
-    mixer = ValueMixer(loaded.values(strengths), MixOptions(strength, bool(cond_only)))
+    options = MixOptions(strength, bool(cond_only), blocks=tuple(float(b) for b in blocks))  # type: ignore[arg-type]
+    options.validate()  # before the clone: a refused value leaves nothing behind
+    mixer = ValueMixer(loaded.values(strengths), options)
     patched = model.clone()
     patcher.install(
         patched.model_options, mixer, attention.optimized_attention, loaded.adapter.layer_paths, window=window

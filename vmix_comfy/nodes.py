@@ -70,6 +70,8 @@ class ApplyVMix:
         "start_percent": "When VMix starts acting, as a fraction of sampling (as in Apply ControlNet).",
         "end_percent": "When VMix stops acting, as a fraction of sampling (as in Apply ControlNet).",
         "cond_only": "Mix into the positive (conditional) rows only, leaving the negative prompt's rows as they are.",
+        "blocks": "Multiplies λ in the UNet's {} (1 = as the strength says; input and middle shape composition, "
+        "output texture and colour).",
     }
 
     @classmethod
@@ -99,7 +101,15 @@ class ApplyVMix:
                     {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001, "tooltip": tips["end_percent"]},
                 ),
                 "cond_only": ("BOOLEAN", {"default": False, "tooltip": tips["cond_only"]}),
-            }
+            },
+            # Optional, so workflows saved before they existed load with λ everywhere.
+            "optional": {
+                f"{part}_scale": (
+                    "FLOAT",
+                    {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": tips["blocks"].format(words)},
+                )
+                for part, words in (("input", "input blocks"), ("middle", "middle block"), ("output", "output blocks"))
+            },
         }
 
     def apply(
@@ -111,8 +121,12 @@ class ApplyVMix:
         start_percent: float,
         end_percent: float,
         cond_only: bool,
+        input_scale: float = 1.0,
+        middle_scale: float = 1.0,
+        output_scale: float = 1.0,
     ) -> tuple[Any]:
-        return (apply.apply(model, adapter, strength, dimensions, start_percent, end_percent, cond_only),)
+        blocks = (input_scale, middle_scale, output_scale)
+        return (apply.apply(model, adapter, strength, dimensions, start_percent, end_percent, cond_only, blocks),)
 
 
 NODE_CLASS_MAPPINGS = {
