@@ -87,6 +87,7 @@ class HostPage:
 
         status._after_generation.clear()
         adapters.library().clear()
+        _runs.clear()
 
     def close(self) -> None:
         self.demo.close()
@@ -131,15 +132,17 @@ def _tab(tab: str, runner: scripts.ScriptRunner) -> None:
     prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{tab}_prompt")
     with gr.Row():
         paste = gr.Button("↙️", elem_id=f"{tab}_paste")
-        generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate")
+        generate_button = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate")
     steps = gr.Slider(minimum=1, maximum=8, step=1, value=2, label="Sampling steps", elem_id=f"{tab}_steps")
     runner.initialize_scripts(tab == "img2img")
     runner.setup_ui()
     info = gr.HTML(elem_id=f"html_info_{tab}", elem_classes="infotext")
     fields = [(prompt, "Prompt"), (steps, "Steps"), *runner.infotext_fields]
-    generate.click(
-        fn=lambda text, n, *args: _generate(tab, text, n, args), inputs=[prompt, steps, *runner.inputs], outputs=[info]
-    )
+
+    def generate(text: str, n: float, *args: Any) -> Iterator[str]:  # a generator function, so gradio streams it
+        yield from _generate(tab, text, n, args)
+
+    generate_button.click(fn=generate, inputs=[prompt, steps, *runner.inputs], outputs=[info])
     paste.click(
         fn=lambda text: infotext_utils.paste(text, fields), inputs=[prompt], outputs=[component for component, _ in fields]
     )
@@ -151,7 +154,11 @@ def _generate(tab: str, prompt: str, steps: float, args: tuple[Any, ...]) -> Ite
         time.sleep(0.1)
     p = _processing(tab, prompt, int(steps))
     processed = (txt2img.txt2img if tab == "txt2img" else img2img.img2img)(p, *args)
-    yield f"<div class='final-infotext'><p>{html.escape(processed.info)}</p></div>"
+    _runs[tab] = _runs.get(tab, 0) + 1  # numbered, so a test can tell this generation's info from the last one's
+    yield f"<div class='final-infotext' data-run='{_runs[tab]}'><p>{html.escape(processed.info)}</p></div>"
+
+
+_runs: dict[str, int] = {}
 
 
 def _processing(tab: str, prompt: str, steps: int) -> processing.StableDiffusionProcessing:

@@ -37,8 +37,28 @@ class Ui:
         self.major = int(gradio_version.split(".")[0])
         self.requests: list[tuple[float, str, str]] = []
         self.sockets: list[tuple[float, str]] = []
-        page.on("request", lambda r: self.requests.append((time.monotonic(), r.method, r.url)))
-        page.on("websocket", lambda w: self.sockets.append((time.monotonic(), w.url)))
+        self.in_flight: set[Any] = set()  # requests without a response yet, open sockets
+        self.last_activity = time.monotonic()
+        page.on("request", self._on_request)
+        page.on("requestfinished", self._done)
+        page.on("requestfailed", self._done)
+        page.on("websocket", self._on_socket)
+
+    def _on_request(self, request: Any) -> None:
+        self.requests.append((time.monotonic(), request.method, request.url))
+        if "/heartbeat/" not in request.url:  # gradio 4's page-long stream
+            self.in_flight.add(request)
+        self.last_activity = time.monotonic()
+
+    def _on_socket(self, socket: Any) -> None:
+        self.sockets.append((time.monotonic(), socket.url))
+        self.in_flight.add(socket)
+        socket.on("close", lambda _: self._done(socket))
+        self.last_activity = time.monotonic()
+
+    def _done(self, item: Any) -> None:
+        self.in_flight.discard(item)
+        self.last_activity = time.monotonic()
 
     # -- locating ---------------------------------------------------------------------------------------------------
 
@@ -67,7 +87,7 @@ class Ui:
     # -- acting -----------------------------------------------------------------------------------------------------
 
     def open_tab(self, tab: str) -> None:
-        self.page.locator("#tabs > .tab-nav").get_by_role("button", name=tab, exact=True).click()
+        self.page.locator("#tabs .tab-nav button").filter(has_text=re.compile(rf"^\s*{tab}\s*$")).click()
 
     def open_accordion(self, tab: str = "txt2img") -> None:
         if not self.is_open(tab):
@@ -77,8 +97,10 @@ class Ui:
     def choose_adapter(self, name: str, tab: str = "txt2img") -> None:
         self.open_accordion(tab)
         self.control("adapter", tab).locator("input").click()
-        self.control("adapter", tab).locator(f"li[data-value='{name}']").click()
+        # The option's value is data-value in gradio 3, aria-label in gradio 4.
+        self.control("adapter", tab).locator(f"li[data-value='{name}'], li[aria-label='{name}']").click()
         expect(self.control("adapter", tab).locator("input")).to_have_value(name, timeout=TIMEOUT_MS)
+        self.settle()  # the change event has updated the dimensions and the status line
 
     def dimensions(self, tab: str = "txt2img") -> dict[str, bool]:
         """Each offered dimension and whether it is checked."""
@@ -90,7 +112,7 @@ class Ui:
     def expect_dimensions(self, expected: dict[str, bool], tab: str = "txt2img") -> None:
         deadline = time.monotonic() + TIMEOUT_MS / 1000
         while self.dimensions(tab) != expected and time.monotonic() < deadline:
-            time.sleep(0.1)
+            self.page.wait_for_timeout(100)
         assert self.dimensions(tab) == expected
 
     def set_number(self, name: str, value: float, tab: str = "txt2img") -> None:
@@ -98,31 +120,31 @@ class Ui:
         box.fill(str(value))
         box.press("Enter")
         box.blur()
+        self.settle()
 
     def generate(self, tab: str = "txt2img") -> str:
-        """Click Generate, wait for the final infotext and for the status refresh vmix.js schedules after it."""
-        before = self.info(tab).inner_text()
+        """Click Generate, wait for this generation's infotext and for the status refresh vmix.js schedules."""
+        final = self.info(tab).locator(".final-infotext")
+        before = final.get_attribute("data-run") if final.count() else "0"
         self.page.locator(f"#{tab}_generate").click()
-        expect(self.info(tab).locator(".final-infotext")).to_be_visible(timeout=TIMEOUT_MS)
-        deadline = time.monotonic() + TIMEOUT_MS / 1000
-        while self.info(tab).inner_text() in ("", before) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        expect(final).to_have_attribute("data-run", str(int(before or 0) + 1), timeout=TIMEOUT_MS)
         self.settle()
-        return self.info(tab).inner_text()
+        return final.inner_text()
 
     def paste(self, text: str, tab: str = "txt2img") -> None:
         self.page.locator(f"#{tab}_prompt textarea").fill(text)
         self.page.locator(f"#{tab}_paste").click()
         self.settle()
 
-    def settle(self, quiet_s: float = 1.5) -> None:
-        """Wait until no server call has started for ``quiet_s`` (vmix.js waits 400 ms before it clicks)."""
+    def settle(self, quiet_s: float = 0.8) -> None:
+        """Wait until no server call is open and none has started or ended for ``quiet_s`` (longer than the
+        400 ms vmix.js waits before it refreshes the status line)."""
         deadline = time.monotonic() + TIMEOUT_MS / 1000
         while time.monotonic() < deadline:
-            last = max([t for t, *_ in self.requests] + [t for t, _ in self.sockets] + [0.0])
-            if time.monotonic() - last >= quiet_s:
+            if not self.in_flight and time.monotonic() - self.last_activity >= quiet_s:
                 return
-            time.sleep(0.1)
+            self.page.wait_for_timeout(50)
+        raise AssertionError(f"the page never went quiet: {self.in_flight}")
 
     # -- counting ---------------------------------------------------------------------------------------------------
 
@@ -282,7 +304,7 @@ def test_status_line_after_a_generation(ui: Ui):
 def test_no_event_loops(ui: Ui):
     """Idle: no server call at all. One generation: the generation's own event and the one status refresh."""
     start = ui.mark()
-    time.sleep(IDLE_S)
+    ui.page.wait_for_timeout(IDLE_S * 1000)
     assert ui.server_calls(start) == []
     ui.choose_adapter("film")
     ui.settle()
@@ -291,7 +313,7 @@ def test_no_event_loops(ui: Ui):
     assert ui.events(start) == 2, ui.server_calls(start)  # Generate, then vmix.js's one status refresh
     assert len(ui.server_calls(start)) <= 4, ui.server_calls(start)
     start = ui.mark()
-    time.sleep(IDLE_S)
+    ui.page.wait_for_timeout(IDLE_S * 1000)
     assert ui.server_calls(start) == []
 
 
