@@ -48,7 +48,8 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         )
         # Only the test server is reachable: gradio's pages also ask for web fonts and a CDN script.
         context.route(
-            "**/*", lambda route: route.continue_() if route.request.url.startswith("http://127.0.0.1") else route.abort()
+            "**/*",
+            lambda route: route.continue_() if route.request.url.startswith("http://127.0.0.1") else route.abort(),
         )
         yield context
         context.close()

@@ -144,7 +144,9 @@ def _tab(tab: str, runner: scripts.ScriptRunner) -> None:
 
     generate_button.click(fn=generate, inputs=[prompt, steps, *runner.inputs], outputs=[info])
     paste.click(
-        fn=lambda text: infotext_utils.paste(text, fields), inputs=[prompt], outputs=[component for component, _ in fields]
+        fn=lambda text: infotext_utils.paste(text, fields),
+        inputs=[prompt],
+        outputs=[component for component, _ in fields],
     )
 
 
@@ -181,7 +183,11 @@ _original_template_response = gr.routes.templates.TemplateResponse
 
 def page_scripts() -> list[Path]:
     """In the host's order: script.js, the host's javascript/*.js, then each extension's javascript/*.js."""
-    return [HOST / "script.js", *sorted((HOST / "javascript").glob("*.js")), *sorted((ROOT / "javascript").glob("*.js"))]
+    return [
+        HOST / "script.js",
+        *sorted((HOST / "javascript").glob("*.js")),
+        *sorted((ROOT / "javascript").glob("*.js")),
+    ]
 
 
 def page_styles() -> list[Path]:

@@ -86,5 +86,5 @@ class InputAccordionImpl(gr.Checkbox):
         return "checkbox"
 
 
-def InputAccordion(value: Any = None, **kwargs: Any) -> InputAccordionImpl:  # noqa: N802 (the host's name)
+def InputAccordion(value: Any = None, **kwargs: Any) -> InputAccordionImpl:
     return InputAccordionImpl(value=value, setup=True, **kwargs)
