@@ -142,7 +142,8 @@ def _tab(tab: str, runner: scripts.ScriptRunner) -> None:
     def generate(text: str, n: float, *args: Any) -> Iterator[str]:  # a generator function, so gradio streams it
         yield from _generate(tab, text, n, args)
 
-    generate_button.click(fn=generate, inputs=[prompt, steps, *runner.inputs], outputs=[info])
+    # show_progress=False as both hosts' generate buttons (modules/ui.py), so no progress overlay lands in the box.
+    generate_button.click(fn=generate, inputs=[prompt, steps, *runner.inputs], outputs=[info], show_progress=False)
     paste.click(
         fn=lambda text: infotext_utils.paste(text, fields),
         inputs=[prompt],
