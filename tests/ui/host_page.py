@@ -11,13 +11,13 @@ What is the host's and what is ours:
   connect_paste``: parse the prompt box, call the ``on_infotext_pasted`` callbacks, then one update per
   (component, key) of the tab's paste fields: the prompt, the steps and every script's ``infotext_fields``).
 - Generate runs a tiny generation (a real ldm UNet, 64×64, 2 steps) through the stand-in's ``txt2img``/``img2img``
-  and so through the script's ``process()`` and hooks. It streams a few progress lines into ``html_info_<tab>``
+  and so through the script's ``process()`` and hooks. It streams 20 progress lines into ``html_info_<tab>``
   before the final infotext, as hosts that update their output components during a generation do.
 - Page scripts and styles are injected the way ``modules/ui_gradio_extensions.py: reload_javascript`` does (A1111
   108f5c735768, Forge dfdcbab685e5): gradio's page template response is wrapped so that ``<script src="file=...">``
   tags for the host's ``script.js``, the host's ``javascript/*.js`` (stand-ins in ``tests/ui/host``) and then the
-  extension's ``javascript/*.js`` go before ``</head>``, and a stylesheet link for the extension's ``style.css``
-  before ``</body>``. The queue is on, as in both hosts (``demo.queue(64)``).
+  extension's ``javascript/*.js`` go before ``</head>``, and stylesheet links for the host's and the extension's
+  ``style.css`` before ``</body>``. The queue is on, as in both hosts (``demo.queue(64)``).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ from vmix_ext.adapter import Dimension  # noqa: E402
 from vmix_ext.weights import save_adapter  # noqa: E402
 
 GRADIO_VERSION = gr.__version__
+PROGRESS_UPDATES = 20  # per generation, before the final infotext (Forge updates its outputs hundreds of times)
 MOOD = (Dimension("warmth", "warm colours", "sks7"), Dimension("contrast", "high contrast", "sks8"))
 
 
@@ -152,9 +153,9 @@ def _tab(tab: str, runner: scripts.ScriptRunner) -> None:
 
 
 def _generate(tab: str, prompt: str, steps: float, args: tuple[Any, ...]) -> Iterator[str]:
-    for step in range(3):  # progress shown in the info box first: one status refresh must still follow, not four
+    for step in range(PROGRESS_UPDATES):  # the info box changes many times first: one status refresh must follow
         yield f"<div class='progress'>{tab}: step {step + 1}…</div>"
-        time.sleep(0.1)
+        time.sleep(0.025)
     p = _processing(tab, prompt, int(steps))
     processed = (txt2img.txt2img if tab == "txt2img" else img2img.img2img)(p, *args)
     _runs[tab] = _runs.get(tab, 0) + 1  # numbered, so a test can tell this generation's info from the last one's
@@ -192,7 +193,8 @@ def page_scripts() -> list[Path]:
 
 
 def page_styles() -> list[Path]:
-    return [ROOT / "style.css"]
+    """The host's stylesheet (a stand-in with its rule for tool buttons), then the extension's style.css."""
+    return [HOST / "style.css", ROOT / "style.css"]
 
 
 def _webpath(path: Path) -> str:

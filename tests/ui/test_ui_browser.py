@@ -19,6 +19,8 @@ from ui_env import require_browser
 
 require_browser()
 
+import host_page  # noqa: E402, F401  (puts the host's modules on sys.path)
+from modules.infotext_utils import parse_generation_parameters  # noqa: E402
 from playwright.sync_api import Page, expect  # noqa: E402
 
 from vmix_ext.settings import INFOTEXT_KEYS, LABELS, elem_id  # noqa: E402
@@ -196,9 +198,7 @@ def ui(host: Any, browser_context: Any) -> Iterator[Ui]:
 
 
 def infotext_items(text: str) -> dict[str, str]:
-    """The last line's "key: value" pairs, as the host's parse_generation_parameters reads them."""
-    from modules.infotext_utils import parse_generation_parameters
-
+    """The infotext's "key: value" pairs, as the host's paste step reads them."""
     return parse_generation_parameters(text)
 
 
@@ -230,10 +230,10 @@ def test_choosing_an_adapter_changes_dimensions_and_status(ui: Ui, host: Any):
     ui.open_tab("img2img")
     ui.open_accordion("img2img")
     expect(ui.control("adapter", "img2img").locator("input")).to_have_value("broken")
+    expect(ui.status("img2img")).to_contain_text("not a safetensors file")
     ui.open_tab("txt2img")
     if SCREENSHOTS:
         ui.choose_adapter("film")
-        ui.dimensions()
         ui.control("dimensions").locator("label", has_text="focus").click()
         ui.settle(0.5)
         shoot(ui, "accordion.png")

@@ -125,7 +125,8 @@ def test_page_files_are_injected_like_the_host_does(host):
     expected = [str(path) for path in host_page.page_scripts()]
     assert sources == expected
     assert sources[0].endswith("tests/ui/host/script.js") and sources[-1] == str(ROOT / "javascript" / "vmix.js")
-    assert f'href="file={ROOT / "style.css"}?' in tail.rpartition("</body>")[0]
-    for path in [*expected, str(ROOT / "style.css")]:
+    styles = re.findall(r'<link rel="stylesheet" property="stylesheet" href="file=([^"?]+)\?', tail)
+    assert styles == [str(path) for path in host_page.page_styles()] and styles[-1] == str(ROOT / "style.css")
+    for path in [*expected, *styles]:
         with urllib.request.urlopen(f"{host.url}file={path}", timeout=10) as response:
             assert response.status == 200 and response.read() == open(path, "rb").read()
