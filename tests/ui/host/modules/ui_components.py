@@ -12,7 +12,8 @@ elem_id ``<id>-checkbox``; a change of it runs the browser function ``inputAccor
 server call); ``.accordion`` is a ``gr.Accordion`` with elem_id ``<id>``, class ``input-accordion``, open when the
 value is true, label defaulting to "Accordion"; ``with`` enters that accordion and yields the checkbox. The page's
 ``javascript/inputAccordion.js`` (stand-in in ``tests/ui/host/javascript``) puts a visible checkbox in the
-accordion's label and keeps the two in step.
+accordion's label and keeps the two in step. (The host's ``extra()``, a column in the label row, is left out: VMix
+does not use it.)
 """
 
 from __future__ import annotations
@@ -70,10 +71,6 @@ class InputAccordionImpl(gr.Checkbox):
                 "open": value,
             }
         )
-
-    def extra(self) -> gr.Column:
-        """A column the page script moves into the accordion's label row."""
-        return gr.Column(elem_id=self.accordion_id + "-extra", elem_classes="input-accordion-extra", min_width=0)
 
     def __enter__(self) -> InputAccordionImpl:
         self.accordion.__enter__()
