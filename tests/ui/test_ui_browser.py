@@ -331,12 +331,6 @@ def test_status_line_after_a_generation(ui: Ui):
     expect(ui.status("img2img")).not_to_contain_text("Last generation")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="javascript/vmix.js refreshes the status line only when the info box's text differs from the text at its "
-    "last refresh: a generation with the same seed and settings as the one before, after the adapter was changed "
-    "and changed back, leaves the line describing the adapter instead of the run",
-)
 def test_status_line_after_a_repeated_generation(ui: Ui):
     ui.choose_adapter("film")
     ui.generate()
