@@ -162,8 +162,8 @@ def build(tab: str) -> tuple[list[Any], list[tuple[Any, str]]]:
                     elem_id=elem_id("hires_scale", tab),
                 )
         line = gr.HTML(value=status.describe(first), elem_id=elem_id("status", tab))
-        # Clicked by javascript/vmix.js once the tab's generation info has changed (see status.py). Hidden by CSS:
-        # gradio 4 leaves invisible components out of the page, where the script could not click them.
+        # Clicked by javascript/vmix.js once the tab's generation info has changed (see status.py). Hidden by CSS,
+        # not visible=False, so the script finds a clickable element whatever a gradio version does with those.
         after_generation = gr.Button(
             "VMix status", elem_id=elem_id("status_refresh", tab), elem_classes=["vmix-hidden"]
         )
