@@ -241,3 +241,14 @@ def test_the_example_config_has_only_paths_this_machine_lacks():
         load_eval_config(Path(__file__).parents[1] / "examples" / "eval.toml")
     problems = caught.value.problems
     assert problems and all("does not exist" in p or "matches no file" in p for p in problems), problems
+
+
+def test_an_evaluation_config_that_is_a_folder_or_not_text_is_named(tmp_path):
+    """The evaluation config is read as the run config is: a folder or a file that is not UTF-8 gets a message."""
+    with pytest.raises(EvalConfigError, match=r"is a folder; give the evaluation's \.toml file"):
+        load_eval_config(tmp_path)
+    (tmp_path / "latin1.toml").write_bytes(b"[model]\ncheckpoint = '\xe9'\n")
+    with pytest.raises(EvalConfigError, match=r"cannot be read \("):
+        load_eval_config(tmp_path / "latin1.toml")
+    with pytest.raises(EvalConfigError, match="the file does not exist"):
+        load_eval_config(tmp_path / "missing.toml")

@@ -163,19 +163,26 @@ class RunConfig:
         return self.name or self.output_dir.name
 
 
+def read_toml(path: Path, fail: Callable[[str], Exception], expected: str) -> dict[str, Any]:
+    """A config file's TOML, or ``fail(problem)`` raised with what is wrong with the file itself (``expected`` says
+    what to give instead of a folder). The run config and the evaluation config are read alike."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problem = "the file does not exist"
+    except IsADirectoryError:
+        problem = f"is a folder; give {expected}"
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = f"cannot be read ({exc})"
+    except tomllib.TOMLDecodeError as exc:
+        problem = f"not valid TOML: {exc}"
+    raise fail(problem)
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read and check a run config; every problem is reported at once, relative paths resolve against the file."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(path, ["the file does not exist"]) from None
-    except IsADirectoryError:
-        raise ConfigError(path, ["is a folder; give the run's .toml file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, [f"cannot be read ({exc})"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, [f"not valid TOML: {exc}"]) from None
+    raw = read_toml(path, lambda problem: ConfigError(path, [problem]), "the run's .toml file")
     problems: list[str] = []
     base = path.parent
     for section in ("model", "data", "output", "train", "label"):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmix_train.config import tomllib
+from vmix_train.config import read_toml
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -80,12 +80,7 @@ class EvalConfig:
 def load_eval_config(path: str | Path) -> EvalConfig:
     """Read and check an evaluation config; relative paths resolve against the file's folder."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EvalConfigError(path, ["the file does not exist"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise EvalConfigError(path, [f"not valid TOML: {exc}"]) from None
+    raw = read_toml(path, lambda problem: EvalConfigError(path, [problem]), "the evaluation's .toml file")
     reader = _Reader(raw, path.parent)
     reader.check_layout()
     model, sampling, metrics = (reader.section(name) for name in ("model", "sampling", "metrics"))
