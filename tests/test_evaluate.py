@@ -252,3 +252,10 @@ def test_an_evaluation_config_that_is_a_folder_or_not_text_is_named(tmp_path):
         load_eval_config(tmp_path / "latin1.toml")
     with pytest.raises(EvalConfigError, match="the file does not exist"):
         load_eval_config(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("device", ["foo", "cuda:7"])
+def test_a_device_this_machine_lacks_is_one_message(workspace, capsys, device):
+    assert evaluate.main(["--config", str(workspace / "eval.toml"), "--check", "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("[VMix] --device") and "Traceback" not in err

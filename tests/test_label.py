@@ -419,3 +419,11 @@ def test_half_precision_gives_the_same_labels(run):
         for dim in TEXTS:
             assert row["scores"][dim] == pytest.approx(expected_score(name, dim), abs=0.03)
             assert row["labels"][dim] == (expected_score(name, dim) >= 0.5)
+
+
+@pytest.mark.parametrize("device", ["foo", "cuda:7"])
+def test_a_device_this_machine_lacks_is_refused_as_the_trainer_refuses_it(run, capsys, device):
+    assert run("--device", device) == 2
+    err = capsys.readouterr().err
+    assert f"--device {device}" in err.replace("'", "") and "Traceback" not in err
+    assert not run.data.exists()

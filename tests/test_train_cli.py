@@ -121,7 +121,7 @@ def no_model_loading(monkeypatch):
     [
         ([], "the following arguments are required: --config"),
         (["--config", "run.toml", "--epochs", "3"], "unrecognized arguments: --epochs 3"),
-        (["--config", "run.toml", "--device", "foo"], "--device 'foo' is not a device the trainer can use"),
+        (["--config", "run.toml", "--device", "foo"], "--device 'foo' is not a device VMix can use"),
         (["--config", "run.toml", "--device", "cuda"], "--device cuda: no CUDA GPU is available"),
         (["--config", "run.toml", "--device", "cpu:3"], "the CPU has no index"),
         (["--config", "nothing.toml"], "nothing.toml' has 1 problem(s):\n  - the file does not exist"),

@@ -54,6 +54,7 @@ from vmix_train.metrics import (
     summarise,
 )
 from vmix_train.model import BaseModel
+from vmix_train.preflight import UsageError, check_device
 from vmix_train.sampling import sample, to_pil
 
 PRECISION = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -67,6 +68,7 @@ _USER_ERRORS = (
     AestheticHeadError,
     InceptionWeightsError,
     MetricError,
+    UsageError,
 )
 
 
@@ -403,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--config is required")
     try:
         config = load_eval_config(args.config)
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = check_device(args.device) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         print(f"[VMix] loading {config.checkpoint.name} and {len(config.adapters)} adapter(s)")
         base = load_base(config, device)
         adapters = load_adapters(config, base)

@@ -38,6 +38,7 @@ from vmix_train.labelling_output import OutputEntry, dataset_name, stray_images,
 from vmix_train.labelling_report import DimensionOutcome, Report, save_report
 from vmix_train.labelling_scores import agreement, calibrate, threshold_for_fraction, zero_shot
 from vmix_train.labelling_settings import AESTHETIC, CLIP, CommandLineRules, DimensionRule, build_rules
+from vmix_train.preflight import UsageError, check_device
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"  # also the LAION aesthetic head's model
 REPORT_FOLDER = ".vmix-label"  # inside the dataset folder; hidden, so image scans pass it by
@@ -275,8 +276,10 @@ def read_inputs(options: LabelOptions) -> _Inputs:
         notes.append(f"the run config's [data] folder is {data_folder}; set it to {dataset} to train on this dataset")
     if options.batch_size < 1:
         problems.append(f"--batch-size must be at least 1, got {options.batch_size}")
-    if options.device.startswith("cuda") and not torch.cuda.is_available():
-        problems.append(f"--device {options.device}: PyTorch sees no CUDA GPU here (use --device cpu)")
+    try:
+        check_device(options.device)  # the trainer's check: cuda without a GPU, cuda:7 with one, a typo
+    except UsageError as exc:
+        problems.append(str(exc))
     cache = options.cache or options.images / CACHE_FOLDER
     if not _writable(cache):
         problems.append(f"the embedding cache {cache} cannot be written: give --cache a folder you can write to")

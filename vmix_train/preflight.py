@@ -32,7 +32,7 @@ def check_device(text: str | None) -> torch.device | None:
     except (RuntimeError, ValueError):
         device = None
     if device is None or device.type not in DEVICE_KINDS:
-        raise UsageError(f"--device {text!r} is not a device the trainer can use; give cpu, cuda, cuda:N or mps")
+        raise UsageError(f"--device {text!r} is not a device VMix can use; give cpu, cuda, cuda:N or mps")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA support"

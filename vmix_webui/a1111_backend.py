@@ -17,7 +17,6 @@ from vmix_ext.session import VMixRun
 
 class A1111Backend:
     name = "A1111"
-    patches_per_pass = False
 
     def unet(self, p: Any) -> nn.Module:
         return p.sd_model.model.diffusion_model

@@ -40,7 +40,6 @@ class Generation:
         self.owner = weakref.ref(p)
         self.run = run
         self.tab = tab
-        self.in_pass = False
 
 
 def run_of(p: Any) -> VMixRun | None:
@@ -76,15 +75,12 @@ def begin_pass(p: Any, backend: Backend) -> None:
         return  # the user chose the other pass only
     try:
         backend.begin_pass(p, generation.run)
-        generation.in_pass = True
     except Exception as exc:
         fail(p, generation.tab, exc, backend)
 
 
 def end_pass(p: Any, backend: Backend) -> None:
     generation = _generation_of(p)
-    if generation is not None:
-        generation.in_pass = False
     backend.end_pass(p, generation.run if generation else None)
 
 

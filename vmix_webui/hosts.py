@@ -79,8 +79,6 @@ def _classic_call(optimized: Callable[..., torch.Tensor]) -> AttentionCall:
 
 
 class UnsupportedBackend:
-    patches_per_pass = True
-
     def __init__(self, reason: str) -> None:
         self.name = "unsupported Forge"
         self.reason = reason

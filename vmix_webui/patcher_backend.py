@@ -21,8 +21,6 @@ _SAVED_PATCHERS = "_vmix_patchers_before_pass"
 
 
 class PatcherBackend:
-    patches_per_pass = True
-
     def __init__(self, name: str, attention: AttentionCall, families: str = "SD 1.x, SD 2.x and SDXL") -> None:
         self.name = name
         self.attention = attention
